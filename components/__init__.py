@@ -1,0 +1,1 @@
+"""EtudeExperiment: the per-use-case Pulumi component, and reading results back as stack outputs."""

@@ -1,0 +1,5 @@
+import sys
+
+from etude.cli import main
+
+sys.exit(main())

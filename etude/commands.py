@@ -1,0 +1,107 @@
+"""The command lines of an experiment: what Kubernetes runs in its containers and `etude local` runs as processes.
+
+One function per command, used by both sides, so that what runs on GKE is what was run on a laptop.
+Every command is an argv list that starts with `etude`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from etude.spec import Experiment, Variant
+
+SERVER_PORT = 8080
+MAX_BATCH_SIZE = 1024  # the paper's batching settings: up to 1,024 requests, flushed every 2 ms
+MAX_DELAY_MS = 2.0
+LOADGEN_RPS_PER_POD = 2000  # one load-generator process sustains more (docs/benchmarks.md); keep headroom
+
+
+def model_uri(exp: Experiment, variant: Variant, models_root: str) -> str:
+    """Where the variant's serialized model lives: a user's URI as is, a built-in one under `models_root`."""
+    if variant.model_uri is not None:
+        return variant.model_uri
+    sc = exp.scenario
+    return f"{models_root.rstrip('/')}/{variant.model}-c{sc.catalog_size}-{variant.runtime}-s{sc.seed}.pt"
+
+
+def results_uri(exp: Experiment, variant: Variant, results_root: str) -> str:
+    """Where one variant's results of this run go: `<root>/<stack>/<runId>/<variant>`."""
+    return f"{results_root.rstrip('/')}/{exp.stack}/{exp.run_id}/{variant.key}"
+
+
+def export_command(exp: Experiment, variant: Variant, out: str) -> list[str]:
+    """Export a built-in model with random weights (seeded) to `out`."""
+    if variant.model is None:
+        raise ValueError(f"variant {variant.key} serves a user model ({variant.model_uri}); nothing to export")
+    sc = exp.scenario
+    return [
+        "etude", "export",
+        "--model", variant.model,
+        "--catalog-size", str(sc.catalog_size),
+        "--runtime", variant.runtime,
+        "--seed", str(sc.seed),
+        "--out", out,
+    ]  # fmt: skip
+
+
+def serve_command(
+    variant: Variant, uri: str, *, port: int = SERVER_PORT, device: str | None = None, threads: int | None = None
+) -> list[str]:
+    """The inference server for a variant. Device and threads default to what the instance type has."""
+    inst = variant.instance
+    return [
+        "etude", "serve",
+        "--model-uri", uri,
+        "--port", str(port),
+        "--device", device or inst.device,
+        "--threads", str(threads or inst.threads),
+        "--max-batch-size", str(MAX_BATCH_SIZE),
+        "--max-delay-ms", str(MAX_DELAY_MS),
+    ]  # fmt: skip
+
+
+def loadgen_shards(exp: Experiment) -> int:
+    """How many load-generator processes the target rate needs."""
+    return max(1, math.ceil(exp.scenario.target_rps / LOADGEN_RPS_PER_POD))
+
+
+def loadgen_command(
+    exp: Experiment,
+    variant: Variant,
+    *,
+    url: str,
+    out: str,
+    shard: str | None = None,
+    ramp_seconds: int | None = None,
+    hold_seconds: int | None = None,
+) -> list[str]:
+    """The load generator against `url`, writing results to `out`.
+
+    `shard` is `i/n` (Kubernetes passes `$(JOB_COMPLETION_INDEX)/n`); ramp and hold may be shortened locally.
+    The variant's identity is echoed into summary.json so results are self-describing.
+    """
+    sc = exp.scenario
+    argv = [
+        "etude", "loadgen",
+        "--url", url,
+        "--catalog-size", str(sc.catalog_size),
+        "--target-rps", str(sc.target_rps),
+        "--ramp-seconds", str(sc.ramp_seconds if ramp_seconds is None else ramp_seconds),
+        "--hold-seconds", str(sc.hold_seconds if hold_seconds is None else hold_seconds),
+        *sc.workload.cli_args(),
+        "--seed", str(sc.seed),
+        "--slo-ms", f"{sc.slo.latency_ms:g}",
+        "--slo-percentile", f"{sc.slo.percentile:g}",
+        "--stack", exp.stack,
+        "--run-id", exp.run_id,
+        "--variant", variant.key,
+        "--model", variant.model_label,
+        "--runtime", variant.runtime,
+        "--instance-type", variant.instance_type,
+        "--replicas", str(variant.replicas),
+        "--monthly-usd", f"{exp.monthly_usd(variant):.2f}",
+        "--out", out,
+    ]  # fmt: skip
+    if shard is not None:
+        argv += ["--shard", shard]
+    return argv

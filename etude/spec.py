@@ -1,0 +1,259 @@
+"""The experiment spec: the single source of truth for `pulumi up` and `etude local`.
+
+A use-case stack file (`Pulumi.<stack>.yaml`) holds, under the `etude` config namespace:
+
+    etude:scenario:   catalogSize, targetRps, rampSeconds, holdSeconds, workload, slo, seed
+    etude:variants:   a list of {model | modelUri, runtime, instanceType, replicas, name?}
+    etude:platformStack  (optional) the `dev` stack to take the cluster and bucket from
+    etude:runId          (optional) change it to re-run the measurement
+    etude:sequential     (optional) measure variants one after another instead of in parallel
+    etude:prices         (optional) {instanceType: monthly USD} overriding the catalog's prices
+
+`spec_from_config` turns that mapping into a validated `Experiment`; `load_stack` reads a stack file and calls
+it. Errors name the key, the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from etude.catalog import INSTANCE_TYPES, InstanceType
+from etude.errors import UsageError
+
+NAMESPACE = "etude"
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+# Names of the built-in models (the runtime side's registry in models/ must match; a test checks it).
+BUILTIN_MODELS = (
+    "core",
+    "gcsan",
+    "gru4rec",
+    "lightsans",
+    "narm",
+    "noop",
+    "repeatnet",
+    "sasrec",
+    "sine",
+    "srgnn",
+    "stamp",
+)
+RUNTIMES = ("eager", "jit")
+# Fitted workload statistics (scipy.stats.powerlaw a, loc, scale) from the ETUDE repository, see DESIGN.md.
+PRESETS = ("bolcom", "rsc15")
+MAX_SESSION_LENGTH = 50
+
+
+class SpecError(UsageError, ValueError):
+    """Invalid experiment config; the message names key, value and what is allowed."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class Workload(_Model):
+    """Exactly one of: a preset, a pair of power-law exponents, or a click log to replay."""
+
+    preset: Literal["bolcom", "rsc15"] | None = None
+    alpha_length: float | None = Field(default=None, gt=0.0, le=10.0)
+    alpha_clicks: float | None = Field(default=None, gt=0.0, le=10.0)
+    clicklog: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Workload:
+        given = [self.preset is not None, self.alpha_length is not None or self.alpha_clicks is not None,
+                 self.clicklog is not None]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of preset (bolcom|rsc15), alphaLength + alphaClicks, or clicklog")
+        if given[1] and (self.alpha_length is None or self.alpha_clicks is None):
+            raise ValueError("alphaLength and alphaClicks go together")
+        return self
+
+    def cli_args(self) -> list[str]:
+        if self.preset is not None:
+            return ["--preset", self.preset]
+        if self.clicklog is not None:
+            return ["--clicklog", self.clicklog]
+        return ["--alpha-length", str(self.alpha_length), "--alpha-clicks", str(self.alpha_clicks)]
+
+
+class Slo(_Model):
+    percentile: float = Field(default=90.0, gt=0.0, lt=100.0)
+    latency_ms: float = Field(default=50.0, gt=0.0)
+
+
+class Scenario(_Model):
+    catalog_size: int = Field(ge=1, le=1_000_000_000)
+    target_rps: int = Field(ge=1, le=1_000_000)
+    ramp_seconds: int = Field(default=600, ge=1, le=86_400)
+    hold_seconds: int = Field(default=60, ge=0, le=86_400)
+    workload: Workload = Workload(preset="bolcom")
+    slo: Slo = Slo()
+    seed: int = Field(default=42, ge=0)
+
+    @property
+    def embedding_dim(self) -> int:
+        """The paper's heuristic d = ceil(C ** 0.25)."""
+        return math.ceil(self.catalog_size**0.25)
+
+
+_DNS = re.compile(r"[^a-z0-9-]+")
+
+
+class Variant(_Model):
+    """One deployment option to measure: a model on a runtime, an instance type and a replica count."""
+
+    model: str | None = None
+    model_uri: str | None = None
+    runtime: Literal["eager", "jit"] = "jit"
+    instance_type: str = "cpu"
+    replicas: int = Field(default=1, ge=1, le=100)
+    name: str | None = Field(default=None, pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str | None) -> str | None:
+        if v is not None and v.lower() not in BUILTIN_MODELS:
+            raise ValueError(f"unknown model; built-in models: {', '.join(BUILTIN_MODELS)} (or give modelUri)")
+        return None if v is None else v.lower()
+
+    @field_validator("instance_type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        if v not in INSTANCE_TYPES:
+            raise ValueError(f"unknown instance type; known: {', '.join(INSTANCE_TYPES)}")
+        return v
+
+    @field_validator("model_uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("modelUri is empty")
+        return v
+
+    @model_validator(mode="after")
+    def _one_model(self) -> Variant:
+        if (self.model is None) == (self.model_uri is None):
+            raise ValueError("give exactly one of model (a built-in name) or modelUri (a serialized model)")
+        return self
+
+    @property
+    def model_label(self) -> str:
+        """The built-in model name, or the stem of a user's model URI."""
+        if self.model is not None:
+            return self.model
+        return Path(self.model_uri or "").stem or "custom"
+
+    @property
+    def key(self) -> str:
+        """DNS-safe, unique within a stack: used for Kubernetes names and result folders."""
+        if self.name:
+            return self.name
+        raw = f"{self.model_label}-{self.runtime}-{self.instance_type}".lower()
+        return _DNS.sub("-", raw).strip("-")[:40].strip("-")
+
+    @property
+    def instance(self) -> InstanceType:
+        return INSTANCE_TYPES[self.instance_type]
+
+
+class Experiment(_Model):
+    stack: str
+    scenario: Scenario
+    variants: tuple[Variant, ...] = Field(min_length=1)
+    platform_stack: str | None = None
+    run_id: str = Field(default="1", pattern=r"^[A-Za-z0-9._-]{1,40}$")
+    sequential: bool = False
+    prices: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_and_priced(self) -> Experiment:
+        keys = [v.key for v in self.variants]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise ValueError(f"variants must be distinct; repeated: {', '.join(dupes)} (give them a name)")
+        unknown = sorted(set(self.prices) - set(INSTANCE_TYPES))
+        if unknown:
+            raise ValueError(f"prices for unknown instance types {unknown}; known: {', '.join(INSTANCE_TYPES)}")
+        return self
+
+    def monthly_usd(self, variant: Variant) -> float:
+        """Monthly cost of a variant: replicas x the price of its instance type (stack override or catalog)."""
+        price = self.prices.get(variant.instance_type, variant.instance.monthly_usd)
+        return round(variant.replicas * price, 2)
+
+
+CONFIG_KEYS = ("scenario", "variants", "platformStack", "runId", "sequential", "prices")
+
+
+def spec_from_config(stack: str, config: Mapping[str, Any]) -> Experiment:
+    """Validate a stack's `etude:*` config (keys with or without the `etude:` prefix) into an Experiment.
+
+    Keys outside the `etude` namespace (`gcp:project`, ...) are ignored. Raises SpecError.
+    """
+    values: dict[str, Any] = {"stack": stack}
+    for key, value in config.items():
+        ns, _, short = key.rpartition(":")
+        if ns not in ("", NAMESPACE):
+            continue
+        if short not in CONFIG_KEYS:
+            raise SpecError(f"{NAMESPACE}:{short}: unknown key; allowed: {', '.join(CONFIG_KEYS)}")
+        if value is not None:
+            values[short] = value
+    for required in ("scenario", "variants"):
+        if required not in values:
+            raise SpecError(f"{NAMESPACE}:{required}: missing; every use-case stack needs it")
+    try:
+        return Experiment.model_validate(values)
+    except ValidationError as err:
+        raise SpecError(_describe(err)) from None
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        key = f"{NAMESPACE}:" + ".".join(loc) if loc else f"{NAMESPACE}:(stack)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key} = {e['input']!r}: {msg}" if e["type"] != "missing" else f"{key}: missing")
+    return "; ".join(lines)
+
+
+def stack_file(stack: str, project_dir: Path = PROJECT_DIR) -> Path:
+    return project_dir / f"Pulumi.{stack}.yaml"
+
+
+def available_stacks(project_dir: Path = PROJECT_DIR) -> list[str]:
+    """Use-case stacks in the project (every Pulumi.<stack>.yaml except the platform's `dev`)."""
+    names = (p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in project_dir.glob("Pulumi.*.yaml"))
+    return sorted(n for n in names if n != "dev")
+
+
+def load_stack(stack: str, project_dir: Path = PROJECT_DIR) -> Experiment:
+    """Read and validate `Pulumi.<stack>.yaml`. A path to a stack file is accepted too."""
+    path = Path(stack) if stack.endswith((".yaml", ".yml")) else stack_file(stack, project_dir)
+    if not path.is_file():
+        known = ", ".join(available_stacks(project_dir)) or "none"
+        raise SpecError(f"no stack file {path} for stack {stack!r}; stacks here: {known}")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from None
+    config = doc.get("config") if isinstance(doc, dict) else None
+    if not isinstance(config, dict):
+        raise SpecError(f"{path}: no `config:` mapping")
+    name = path.name.removeprefix("Pulumi.").removesuffix(".yaml").removesuffix(".yml")
+    try:
+        return spec_from_config(name, config)
+    except SpecError as err:
+        raise SpecError(f"{path}: {err}") from None

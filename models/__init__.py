@@ -1,0 +1,1 @@
+"""The session-based recommendation models (inference only), TorchScript export and the micro-benchmark."""

@@ -1,0 +1,1 @@
+"""The aiohttp inference server with dynamic request batching."""
