@@ -17,7 +17,8 @@ from etude import __version__
 from etude.errors import UsageError
 
 VERB_MODULES = (
-    "loadgen.cli",  # generate, fit, loadgen
+    "loadgen.workload_cli",  # generate, fit
+    "loadgen.cli",  # loadgen
     "models.cli",  # export, microbench
     "serving.cli",  # serve
     "etude.local",  # local

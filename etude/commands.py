@@ -30,7 +30,7 @@ def results_uri(exp: Experiment, variant: Variant, results_root: str) -> str:
 
 
 def export_command(exp: Experiment, variant: Variant, out: str) -> list[str]:
-    """Export a built-in model with random weights (seeded) to `out`."""
+    """Export a built-in model with random weights (seeded) to `out`, unless it is there already."""
     if variant.model is None:
         raise ValueError(f"variant {variant.key} serves a user model ({variant.model_uri}); nothing to export")
     sc = exp.scenario
@@ -41,6 +41,7 @@ def export_command(exp: Experiment, variant: Variant, out: str) -> list[str]:
         "--runtime", variant.runtime,
         "--seed", str(sc.seed),
         "--out", out,
+        "--if-missing",
     ]  # fmt: skip
 
 
