@@ -219,8 +219,12 @@ def spec_from_config(stack: str, config: Mapping[str, Any]) -> Experiment:
 
 def _describe(err: ValidationError) -> str:
     lines = []
-    for e in err.errors():
+    errors = err.errors()
+    for e in errors:
         loc = [str(p) for p in e["loc"]]
+        nested = any(len(o["loc"]) > len(e["loc"]) and o["loc"][: len(e["loc"])] == e["loc"] for o in errors)
+        if e["type"] == "too_short" and nested:
+            continue  # a list emptied by its own invalid items: the items' errors say it
         key = f"{NAMESPACE}:" + ".".join(loc) if loc else f"{NAMESPACE}:(stack)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":

@@ -1,0 +1,152 @@
+"""The experiment spec: every stack file validates to what the paper's Table I measures; bad config names the
+key, the value and what is allowed; the command lines of both sides come from one place."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from etude import commands
+from etude.catalog import INSTANCE_TYPES, instance_type
+from etude.spec import SpecError, available_stacks, load_stack, spec_from_config
+
+TABLE_I = {  # use case: (catalog size, target req/s, {instance type: replicas})
+    "groceries-small": (10_000, 100, {"cpu": 1, "gpu-t4": 1}),
+    "groceries-large": (100_000, 250, {"cpu": 1, "gpu-t4": 1}),
+    "fashion": (1_000_000, 500, {"cpu": 3, "gpu-t4": 1, "gpu-a100": 1}),
+    "ecommerce": (10_000_000, 1000, {"gpu-t4": 5, "gpu-a100": 2}),
+    "platform": (20_000_000, 1000, {"gpu-a100": 3}),
+}
+TABLE_I_MODELS = {"core", "gru4rec", "narm", "sasrec", "sine", "stamp"}
+
+
+def test_the_five_use_cases_of_the_paper_are_there() -> None:
+    assert available_stacks() == sorted(TABLE_I)
+
+
+@pytest.mark.parametrize("stack", sorted(TABLE_I))
+def test_stack_file_measures_table_i(stack: str) -> None:
+    exp = load_stack(stack)
+    catalog_size, rps, types = TABLE_I[stack]
+    assert exp.scenario.catalog_size == catalog_size
+    assert exp.scenario.target_rps == rps
+    assert (exp.scenario.slo.percentile, exp.scenario.slo.latency_ms) == (90, 50)
+    assert exp.scenario.embedding_dim == math.ceil(catalog_size**0.25)
+    seen = {(v.model, v.instance_type): v.replicas for v in exp.variants}
+    assert seen == {(m, t): n for m in TABLE_I_MODELS for t, n in types.items()}
+    assert all(v.runtime == "jit" for v in exp.variants)
+    assert len({v.key for v in exp.variants}) == len(exp.variants)
+
+
+def test_cost_is_replicas_times_catalog_price_unless_overridden() -> None:
+    exp = load_stack("fashion")
+    cpu = next(v for v in exp.variants if v.instance_type == "cpu")
+    assert exp.monthly_usd(cpu) == pytest.approx(3 * 108.09)
+    cheaper = exp.model_copy(update={"prices": {"cpu": 100.0}})
+    assert cheaper.monthly_usd(cpu) == pytest.approx(300.0)
+
+
+def _config(**scenario_overrides: object) -> dict[str, object]:
+    scenario = {"catalogSize": 1000, "targetRps": 10, "workload": {"preset": "bolcom"}} | scenario_overrides
+    return {"etude:scenario": scenario, "etude:variants": [{"model": "gru4rec"}], "gcp:project": "ignored"}
+
+
+def test_minimal_config_gets_the_papers_defaults() -> None:
+    exp = spec_from_config("tiny", _config())
+    assert exp.scenario.slo.percentile == 90 and exp.scenario.slo.latency_ms == 50
+    (v,) = exp.variants
+    assert (v.runtime, v.instance_type, v.replicas, v.key) == ("jit", "cpu", 1, "gru4rec-jit-cpu")
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (_config(catalogSize=0), ["etude:scenario.catalogSize", "0", "greater than or equal to 1"]),
+        (_config(targetRps="fast"), ["etude:scenario.targetRps", "'fast'", "integer"]),
+        (_config(workload={"preset": "amazon"}), ["etude:scenario.workload.preset", "'amazon'", "'bolcom' or 'rsc15'"]),
+        (_config(workload={"preset": "bolcom", "clicklog": "x.csv"}), ["etude:scenario.workload", "exactly one of"]),
+        (_config(workload={"alphaLength": 1.5}), ["alphaLength and alphaClicks go together"]),
+        (_config(workload={"alphaLength": -1, "alphaClicks": 1}), ["alphaLength", "-1", "greater than 0"]),
+        (_config(slo={"percentile": 100}), ["etude:scenario.slo.percentile", "100", "less than 100"]),
+        (_config(rampSecs=3), ["etude:scenario.rampSecs", "unknown key"]),
+        (
+            {**_config(), "etude:variants": [{"model": "bert4rec"}]},
+            ["etude:variants.0.model", "'bert4rec'", "built-in models: core, gcsan, gru4rec"],
+        ),
+        (
+            {**_config(), "etude:variants": [{"model": "narm", "instanceType": "tpu-v5"}]},
+            ["etude:variants.0.instanceType", "'tpu-v5'", "known: cpu, gpu-t4, gpu-l4, gpu-a100, gpu-h100"],
+        ),
+        ({**_config(), "etude:variants": [{"model": "narm", "runtime": "onnx"}]}, ["runtime", "'eager' or 'jit'"]),
+        ({**_config(), "etude:variants": [{"model": "narm", "replicas": 0}]}, ["replicas", "0"]),
+        ({**_config(), "etude:variants": [{"runtime": "jit"}]}, ["exactly one of model", "modelUri"]),
+        ({**_config(), "etude:variants": []}, ["etude:variants", "at least 1"]),
+        ({**_config(), "etude:variants": [{"model": "narm"}, {"model": "narm"}]}, ["repeated: narm-jit-cpu"]),
+        ({**_config(), "etude:prices": {"tpu": 3.0}}, ["unknown instance types ['tpu']"]),
+        ({**_config(), "etude:runId": "has space"}, ["etude:runId", "'has space'"]),
+        ({**_config(), "etude:rampup": 3}, ["etude:rampup: unknown key; allowed: scenario, variants"]),
+        ({"etude:variants": [{"model": "narm"}]}, ["etude:scenario: missing"]),
+    ],
+)
+def test_bad_config_names_key_value_and_what_is_allowed(config: dict[str, object], expected: list[str]) -> None:
+    with pytest.raises(SpecError) as err:
+        spec_from_config("bad", config)
+    for fragment in expected:
+        assert fragment in str(err.value)
+
+
+def test_user_model_variant(tmp_path: Path) -> None:
+    cfg = {**_config(), "etude:variants": [{"modelUri": "gs://team/models/my-ranker.pt", "runtime": "eager"}]}
+    (v,) = spec_from_config("custom", cfg).variants
+    assert v.model is None and v.model_label == "my-ranker" and v.key == "my-ranker-eager-cpu"
+
+
+def test_unknown_stack_lists_the_existing_ones() -> None:
+    with pytest.raises(SpecError, match="stacks here: ecommerce, fashion, groceries-large, groceries-small, platform"):
+        load_stack("groceries-medium")
+
+
+def test_stack_file_by_path_and_broken_files(tmp_path: Path) -> None:
+    path = tmp_path / "Pulumi.tiny.yaml"
+    path.write_text(yaml.safe_dump({"config": _config()}))
+    assert load_stack(str(path)).stack == "tiny"
+    path.write_text("config: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_stack(str(path))
+    path.write_text("encryptionsalt: x\n")
+    with pytest.raises(SpecError, match="no `config:` mapping"):
+        load_stack(str(path))
+
+
+def test_unknown_instance_type_lists_the_known() -> None:
+    assert instance_type("gpu-t4").accelerator == "nvidia-tesla-t4"
+    with pytest.raises(KeyError, match="known: cpu, gpu-t4"):
+        instance_type("gpu-v100")
+    assert {t.device for t in INSTANCE_TYPES.values()} == {"cpu", "cuda"}
+    assert all(t.price_source for t in INSTANCE_TYPES.values())
+
+
+def test_command_lines_carry_the_spec() -> None:
+    exp = load_stack("fashion")
+    cpu, t4 = exp.variants[0], next(v for v in exp.variants if v.instance_type == "gpu-t4")
+    uri = commands.model_uri(exp, cpu, "gs://bucket/models/")
+    assert uri == "gs://bucket/models/core-c1000000-jit-s42.pt"
+    assert commands.export_command(exp, cpu, uri)[:2] == ["etude", "export"]
+    serve = commands.serve_command(cpu, uri)
+    assert serve[serve.index("--device") + 1] == "cpu" and serve[serve.index("--port") + 1] == "8080"
+    assert commands.serve_command(t4, uri)[commands.serve_command(t4, uri).index("--device") + 1] == "cuda"
+    out = commands.results_uri(exp, cpu, "gs://bucket/results")
+    assert out == "gs://bucket/results/fashion/1/core-jit-cpu"
+    lg = commands.loadgen_command(exp, cpu, url="http://core-jit-cpu:8080", out=out, hold_seconds=5)
+    flags = dict(zip(lg[2::2], lg[3::2], strict=False))
+    assert flags["--target-rps"] == "500" and flags["--catalog-size"] == "1000000"
+    assert flags["--hold-seconds"] == "5" and flags["--ramp-seconds"] == "600"
+    assert flags["--preset"] == "bolcom" and flags["--replicas"] == "3" and flags["--monthly-usd"] == "324.27"
+    assert commands.loadgen_shards(load_stack("groceries-small")) == 1
+    custom = spec_from_config("c", {**_config(), "etude:variants": [{"modelUri": "/m/x.pt"}]})
+    with pytest.raises(ValueError, match="nothing to export"):
+        commands.export_command(custom, custom.variants[0], "/tmp/x.pt")
+    assert commands.model_uri(custom, custom.variants[0], "gs://b/models") == "/m/x.pt"
