@@ -1,1 +1,2 @@
-"""EtudeExperiment: the per-use-case Pulumi component, and reading results back as stack outputs."""
+"""EtudeExperiment: the per-use-case Pulumi component (`experiment`), its Kubernetes objects (`manifests`) and
+reading the results back as stack outputs (`results`)."""

@@ -62,7 +62,7 @@ INSTANCE_TYPES: dict[str, InstanceType] = {
         InstanceType(
             name="gpu-a100",
             cpu="11",
-            memory="80Gi",
+            memory="74Gi",  # Autopilot caps a one-A100 (40 GB) pod at 74 GiB
             threads=11,
             accelerator="nvidia-tesla-a100",
             gpus=1,
