@@ -14,8 +14,9 @@ $(BIN)/etude: pyproject.toml
 setup: $(BIN)/etude
 
 demo: setup
-	$(BIN)/etude local --stack groceries-small --only gru4rec,sasrec --ramp-seconds 20 --hold-seconds 10 --out results/local
-	$(BIN)/etude report results/local --out results/report
+	status=0; $(BIN)/etude local --stack groceries-small --only gru4rec,sasrec --ramp-seconds 20 --hold-seconds 10 \
+		--out results/local || status=$$?; \
+	$(BIN)/etude report results/local --out results/report && exit $$status
 
 test: setup
 	$(BIN)/python -m pytest -q

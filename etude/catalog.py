@@ -77,7 +77,9 @@ INSTANCE_TYPES: dict[str, InstanceType] = {
             accelerator="nvidia-h100-80gb",
             gpus=1,
             monthly_usd=8074.68,
-            price_source="GCP pricing page, a3-highgpu-1g (1x H100 80 GB) on demand, us-central1, $11.0612/h x 730 h (2024-06)",
+            price_source=(
+                "GCP pricing page, a3-highgpu-1g (1x H100 80 GB) on demand, us-central1, $11.0612/h x 730 h (2024-06)"
+            ),
         ),
     )
 }

@@ -46,13 +46,23 @@ def export_command(exp: Experiment, variant: Variant, out: str) -> list[str]:
 
 
 def serve_command(
-    variant: Variant, uri: str, *, port: int = SERVER_PORT, device: str | None = None, threads: int | None = None
+    variant: Variant,
+    uri: str,
+    *,
+    host: str = "0.0.0.0",
+    port: int = SERVER_PORT,
+    device: str | None = None,
+    threads: int | None = None,
 ) -> list[str]:
-    """The inference server for a variant. Device and threads default to what the instance type has."""
+    """The inference server for a variant. Device and threads default to what the instance type has.
+
+    In a pod it listens on every interface (the Service routes to it); the local runner passes 127.0.0.1.
+    """
     inst = variant.instance
     return [
         "etude", "serve",
         "--model-uri", uri,
+        "--host", host,
         "--port", str(port),
         "--device", device or inst.device,
         "--threads", str(threads or inst.threads),

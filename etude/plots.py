@@ -1,0 +1,157 @@
+"""PNG figures of the report (matplotlib, Agg backend, imported inside the functions):
+
+- `latency_throughput`: one run over time, latency p50/p90/p99 with the SLO line and the first violation, and
+  achieved vs target throughput (the paper's Fig. 4);
+- `infrastructure_test`: servers without model side by side, p90 over time and errors (the paper's Fig. 2);
+- `microbench`: serial latency vs catalog size, log-log, per model x runtime x device (the paper's Fig. 3).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from etude.resultset import RunResult
+
+Timeline = dict[str, list[float]]
+_PERCENTILE_COLUMNS = {50.0: "p50_ms", 90.0: "p90_ms", 99.0: "p99_ms"}
+
+
+def slo_column(percentile: float) -> str:
+    """The timeline column to judge an SLO percentile by: that one, else the next higher one (conservative)."""
+    for p, column in sorted(_PERCENTILE_COLUMNS.items()):
+        if percentile <= p:
+            return column
+    return "p99_ms"
+
+
+def first_violation(timeline: Timeline, slo_percentile: float, slo_ms: float) -> int | None:
+    """The first second whose window percentile exceeds the SLO or that has errors; None when there is none."""
+    column = timeline[slo_column(slo_percentile)]
+    errors = timeline.get("errors", [0.0] * len(column))
+    for second, latency_ms, errs in zip(timeline["second"], column, errors, strict=True):
+        if (not math.isnan(latency_ms) and latency_ms > slo_ms) or (not math.isnan(errs) and errs > 0):
+            return int(second)
+    return None
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _log_ms_axis(ax: Any) -> None:
+    """A log scale labelled with plain numbers (0.5, 2, 50) rather than powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+
+
+def _positive(values: list[float]) -> list[float]:
+    """Latencies for a log axis: NaN (no answers that second) and non-positive values are gaps."""
+    return [v if v > 0 else float("nan") for v in values]
+
+
+def latency_throughput(run: RunResult, timeline: Timeline, path: Path) -> int | None:
+    """Fig. 4 for one run; returns the first violating second (None when the SLO held throughout)."""
+    plt = _pyplot()
+    spec = run.summary.spec
+    violation = first_violation(timeline, spec.slo_percentile, spec.slo_ms)
+    seconds = timeline["second"]
+    fig, (ax_lat, ax_rps) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    for column, style in (("p50_ms", ":"), ("p90_ms", "-"), ("p99_ms", "--")):
+        ax_lat.plot(seconds, _positive(timeline[column]), style, label=column.removesuffix("_ms"))
+    ax_lat.axhline(spec.slo_ms, color="tab:red", linewidth=1,
+                   label=f"SLO p{spec.slo_percentile:g} <= {spec.slo_ms:g} ms")
+    _log_ms_axis(ax_lat)
+    ax_lat.set_ylabel("latency per second (ms)")
+    ax_rps.plot(seconds, timeline["target_rps"], color="tab:gray", linestyle="--", linewidth=2.5, label="target rps")
+    achieved = timeline.get("ok", timeline.get("completed"))
+    if achieved is not None:
+        ax_rps.plot(seconds, achieved, color="tab:blue", linewidth=1.2, label="achieved rps (ok answers)")
+    ax_rps.set_ylim(bottom=0)
+    if "errors" in timeline and any(e > 0 for e in timeline["errors"] if not math.isnan(e)):
+        ax_rps.bar(seconds, timeline["errors"], color="tab:red", alpha=0.5, width=1.0, label="errors")
+    if "held_back" in timeline and any(h > 0 for h in timeline["held_back"] if not math.isnan(h)):
+        ax_rps.plot(seconds, timeline["held_back"], color="tab:orange", linewidth=1, label="held back")
+    ax_rps.set_ylabel("requests per second")
+    ax_rps.set_xlabel("second of the run")
+    for ax in (ax_lat, ax_rps):
+        if spec.hold_seconds > 0 and seconds and seconds[-1] >= spec.ramp_seconds:
+            ax.axvspan(spec.ramp_seconds - 0.5, seconds[-1] + 0.5, color="tab:green", alpha=0.07,
+                       label="hold at target" if ax is ax_rps else None)
+        if violation is not None:
+            ax.axvline(violation, color="tab:red", linestyle="-.", linewidth=1,
+                       label=f"first SLO violation (s {violation})" if ax is ax_lat else None)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper left", fontsize="small")
+    where = "this machine" if run.measured_locally else "cluster"
+    fig.suptitle(f"{run.stack} / {run.label}: {spec.model} {spec.runtime} on {spec.replicas}x "
+                 f"{spec.instance_type} ({where}), C = {spec.catalog_size:,}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return violation
+
+
+def infrastructure_test(runs: Sequence[tuple[RunResult, Timeline]], path: Path) -> None:
+    """Fig. 2: one column per server (noop model vs TorchServe), p90 over time and errors per second."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4.2), sharey=True, squeeze=False)
+    top_errors = max((e for _, t in runs for e in t.get("errors", []) if not math.isnan(e)), default=0.0)
+    for ax, (run, timeline) in zip(axes[0], runs, strict=True):
+        ax.plot(timeline["second"], _positive(timeline["p90_ms"]), color="tab:blue", label="p90 latency")
+        _log_ms_axis(ax)
+        ax.set_xlabel("second of the run")
+        ax.set_title(run.label)
+        ax.grid(True, alpha=0.3)
+        errors_ax = ax.twinx()
+        errors_ax.bar(timeline["second"], timeline.get("errors", [0.0] * len(timeline["second"])),
+                      color="tab:red", alpha=0.4, width=1.0, label="errors per second")
+        errors_ax.set_ylabel("errors per second")
+        errors_ax.set_ylim(0, max(1.0, top_errors * 1.1))
+        lines = ax.get_legend_handles_labels()
+        bars = errors_ax.get_legend_handles_labels()
+        ax.legend(lines[0] + bars[0], lines[1] + bars[1], loc="upper left", fontsize="small")
+    axes[0][0].set_ylabel("p90 latency per second (ms)")
+    fig.suptitle("Infrastructure test: servers without model inference")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def microbench(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Fig. 3: p90 latency of serial requests vs catalog size, log-log, one line per model x runtime x device."""
+    plt = _pyplot()
+    series: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    for row in rows:
+        series.setdefault((row["model"], row["runtime"], row["device"]), []).append((row["catalog_size"],
+                                                                                     row["p90_ms"]))
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for (model, runtime, device), points in sorted(series.items()):
+        points.sort()
+        style = "-" if runtime == "jit" else "--"
+        ax.plot([c for c, _ in points], [p for _, p in points], style, marker="o" if device == "cpu" else "s",
+                label=f"{model} {runtime} {device}")
+    ax.set_xscale("log")
+    _log_ms_axis(ax)
+    ax.set_xlabel("catalog size C (items)")
+    ax.set_ylabel("p90 latency of a serial request (ms)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+    ax.set_title("Micro-benchmark: inference latency vs catalog size")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
