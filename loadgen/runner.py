@@ -1,0 +1,327 @@
+"""The backpressure-aware load generator (paper Algorithm 2), with what the original gets wrong fixed.
+
+One sender coroutine walks the schedule (loadgen/schedule.py): tick k has r_c evenly spread send slots. Before
+each slot it waits until the slot is due; while the number of pending requests p >= r_c it waits in 1 ms steps
+(backpressure); slots the tick runs out of are counted as held back, never dropped silently. Each send is a task
+in a set bounded by r_c (in flight never exceeds r_c). Sessions are replayed in order: a session's next click is
+sent only after the answer to its previous click arrived, and each request carries the session so far (the most
+recent `max_items` clicks, most recent last). Every request keeps its intended slot, actual send and receive
+times (wrk2's fix for coordinated omission), its status and the server's timing headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from array import array
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from loadgen import client
+from loadgen.schedule import NS_PER_S
+
+if TYPE_CHECKING:
+    import aiohttp
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+MAX_SESSION_ITEMS = 50  # the server keeps at most this many recent items anyway (etude.spec.MAX_SESSION_LENGTH)
+SPIN_NS = 1_000_000  # the last stretch before a due slot is waited by yielding, not sleeping (timer granularity)
+BACKPRESSURE_WAIT_S = 0.001
+BEHIND_NS = 1_000_000  # a send this late is catching up: yield between such sends
+PROGRESS_EVERY_TICKS = 10  # a log line per this many seconds (kubectl logs shows a run's progress)
+MAX_SLEEP_S = 0.05  # sleeps are chopped so that a stop request is noticed quickly
+TICK_COUNTERS = ("target_rps", "sent", "completed", "ok", "held_back", "in_flight", "errors")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    base_url: str  # http://host:port, no trailing slash
+    catalog_size: int
+    targets: Sequence[int]  # r_c per tick
+    timeout_s: float = 10.0
+    ready_timeout_s: float = 120.0
+    warmup_requests: int = 20
+    stop_grace_s: float = 5.0  # after a stop request: how long to wait for answers in flight
+    max_items: int = MAX_SESSION_ITEMS
+    spin_ns: int = SPIN_NS
+    session_id_offset: int = 0  # shard i of n numbers its sessions i, i + n, i + 2n, ...
+    session_id_step: int = 1
+
+
+class Records:
+    """Column buffers for the request records: compact arrays, not one Python object per request."""
+
+    def __init__(self) -> None:
+        self.session_id = array("q")
+        self.position = array("i")
+        self.item_id = array("q")
+        self.intended_ns = array("q")
+        self.sent_ns = array("q")
+        self.received_ns = array("q")
+        self.status = array("i")
+        self.queue_ms = array("d")
+        self.inference_ms = array("d")
+        self.batch_size = array("i")
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        import numpy as np
+
+        return {
+            name: np.frombuffer(buf, dtype=buf.typecode).copy() if len(buf) else np.array([], dtype=buf.typecode)
+            for name, buf in vars(self).items()
+        }
+
+
+@dataclass
+class TickCounters:
+    values: dict[str, list[int]] = field(default_factory=lambda: {name: [] for name in TICK_COUNTERS})
+
+    def add(self, name: str, tick: int, n: int = 1) -> None:
+        column = self.values[name]
+        if tick >= len(column):
+            for other in self.values.values():
+                other.extend([0] * (tick + 1 - len(other)))
+        column[tick] += n
+
+    def set(self, name: str, tick: int, value: int) -> None:
+        self.add(name, tick, 0)
+        self.values[name][tick] = value
+
+
+@dataclass
+class RunResult:
+    records: dict[str, np.ndarray]  # Records.columns(): status as int codes (client.status_name)
+    ticks: dict[str, list[int]]  # TICK_COUNTERS, one entry per second (ticks of the schedule, then drain seconds)
+    started_at: str  # ISO 8601 UTC of the start of the measurement
+    duration_s: float
+    partial: bool
+    late: int  # slots not sent because the generator itself fell behind (included in held_back)
+
+
+class Runner:
+    """One run of the schedule against one server. `sessions` must yield sessions (item ids) for as long as needed."""
+
+    def __init__(self, config: RunConfig, sessions: Iterator[Sequence[int]]) -> None:
+        self.config = config
+        self._sessions = sessions
+        self._url = client.recommend_url(config.base_url)
+        self._records = Records()
+        self._ticks = TickCounters()
+        self._ready: deque[tuple[int, list[int], int]] = deque()  # (session id, items, next position)
+        self._next_session = 0
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._t0_ns = 0
+        self._http: aiohttp.ClientSession | None = None
+        self.measuring = False
+        self._stop = False
+        self._exhausted = False
+        self._late = 0
+
+    def stop(self) -> None:
+        """Stop sending (signal handler): answers in flight get `stop_grace_s`, then the run ends as partial."""
+        self._stop = True
+
+    async def run(self, http: aiohttp.ClientSession) -> RunResult:
+        cfg = self.config
+        await client.wait_ready(http, cfg.base_url, cfg.ready_timeout_s)
+        await client.warm_up(http, self._url, cfg.catalog_size, cfg.warmup_requests)
+        self._prime()
+        started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        cpu0_ns = time.process_time_ns()
+        self._t0_ns = time.perf_counter_ns()
+        self._http = http
+        self.measuring = True
+        await self._send_schedule()
+        sending_s = self._now() / 1e9
+        cpu_s = (time.process_time_ns() - cpu0_ns) / 1e9
+        await self._drain(cfg.stop_grace_s if self._stop or self._exhausted else cfg.timeout_s + 1.0)
+        stopped = self._stop or self._exhausted  # a stop during the drain also cuts answers short
+        duration_s = (time.perf_counter_ns() - self._t0_ns) / 1e9
+        log.info(
+            "client CPU while sending: %.2f s in %.2f s (%.0f%% of a core)",
+            cpu_s,
+            sending_s,
+            100 * cpu_s / max(sending_s, 1e-9),
+        )
+        if self._late:
+            log.warning(
+                "the load generator fell behind its own schedule: %d slots unsent (counted as held back); "
+                "the measurement is limited by this client, not the server",
+                self._late,
+            )
+        return RunResult(self._records.columns(), self._ticks.values, started_at, duration_s, stopped, self._late)
+
+    def _prime(self) -> None:
+        """Draw the first session before the clock starts (a synthetic stream generates its first block then)."""
+        click = self._next_click()
+        if click is not None:
+            self._ready.append(click)
+
+    # -- the sender --------------------------------------------------------------------------------------------
+
+    def _now(self) -> int:
+        return time.perf_counter_ns() - self._t0_ns
+
+    async def _wait_until(self, due_ns: int) -> int:
+        """Sleep until `due_ns`; the last `spin_ns` by yielding to the loop (sleep timers have ~1 ms granularity)."""
+        while True:
+            now = self._now()
+            left = due_ns - now
+            if left <= 0 or self._stop:
+                return now
+            if left > self.config.spin_ns:
+                await asyncio.sleep(min((left - self.config.spin_ns) / 1e9, MAX_SLEEP_S))
+            else:
+                await asyncio.sleep(0)
+
+    async def _send_schedule(self) -> None:
+        for tick, rate in enumerate(self.config.targets):
+            tick_end = (tick + 1) * NS_PER_S
+            self._ticks.set("target_rps", tick, rate)
+            sent = 0
+            held = False  # backpressure made this tick wait at least once
+            for slot in range(rate):
+                due = tick * NS_PER_S + slot * NS_PER_S // rate
+                now = await self._wait_until(due)
+                while len(self._in_flight) >= rate and now < tick_end and not self._stop:
+                    held = True
+                    await asyncio.sleep(BACKPRESSURE_WAIT_S)
+                    now = self._now()
+                if now >= tick_end or self._stop or not self._launch(due):
+                    break
+                sent += 1
+                if now - due > BEHIND_NS:
+                    # Behind schedule: let the request just launched (and answers) run before the next one, so that
+                    # catching up does not turn into a burst that opens a connection per late slot.
+                    await asyncio.sleep(0)
+            if self._stop or self._exhausted:
+                return
+            if sent < rate:
+                self._ticks.set("held_back", tick, rate - sent)
+                if not held:
+                    self._late += rate - sent
+            await self._wait_until(tick_end)
+            self._ticks.set("in_flight", tick, len(self._in_flight))
+            if (tick + 1) % PROGRESS_EVERY_TICKS == 0 or tick + 1 == len(self.config.targets):
+                self._progress(tick)
+
+    def _progress(self, tick: int) -> None:
+        v = self._ticks.values
+        log.info(
+            "second %d/%d: target %d rps, sent %d, ok %d, errors %d, held back %d, in flight %d",
+            tick + 1,
+            len(self.config.targets),
+            v["target_rps"][tick],
+            v["sent"][tick],
+            v["ok"][tick],
+            v["errors"][tick],
+            v["held_back"][tick],
+            v["in_flight"][tick],
+        )
+
+    def _launch(self, due_ns: int) -> bool:
+        click = self._next_click()
+        if click is None:
+            return False
+        task = asyncio.get_running_loop().create_task(self._request(*click, due_ns))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        return True
+
+    def _next_click(self) -> tuple[int, list[int], int] | None:
+        if self._ready:
+            return self._ready.popleft()
+        while True:
+            try:
+                session = next(self._sessions)
+            except StopIteration:
+                log.warning("the workload ran out of sessions; stopping early")
+                self._exhausted = True
+                return None
+            items = session.tolist() if hasattr(session, "tolist") else list(session)
+            if items:
+                break
+        sid = self.config.session_id_offset + self._next_session * self.config.session_id_step
+        self._next_session += 1
+        return sid, items, 0
+
+    async def _request(self, sid: int, items: list[int], position: int, due_ns: int) -> None:
+        window = items[max(0, position + 1 - self.config.max_items) : position + 1]
+        body = json.dumps({"session": window, "k": client.K}).encode()
+        sent_ns = self._now()
+        self._ticks.add("sent", sent_ns // NS_PER_S)
+        assert self._http is not None
+        try:
+            answer = await client.recommend(self._http, self._url, body)
+        except asyncio.CancelledError:
+            answer = client.Answer(client.CANCELLED, -1)
+        done_tick = self._now() // NS_PER_S
+        received_ns = answer.received_ns - self._t0_ns if answer.received_ns >= 0 else -1
+        r = self._records
+        r.session_id.append(sid)
+        r.position.append(position)
+        r.item_id.append(items[position])
+        r.intended_ns.append(due_ns)
+        r.sent_ns.append(sent_ns)
+        r.received_ns.append(received_ns)
+        r.status.append(answer.status)
+        r.queue_ms.append(answer.queue_ms)
+        r.inference_ms.append(answer.inference_ms)
+        r.batch_size.append(answer.batch_size)
+        self._ticks.add("completed", done_tick)
+        self._ticks.add("ok" if answer.status == client.OK else "errors", done_tick)
+        if position + 1 < len(items) and answer.status != client.CANCELLED:
+            self._ready.append((sid, items, position + 1))
+
+    async def _drain(self, wait_s: float) -> None:
+        """Wait up to `wait_s` for answers in flight, noting in-flight counts per second; cancel what is left."""
+        deadline_ns = self._now() + int(wait_s * NS_PER_S)
+        stop_seen = self._stop
+        while self._in_flight and self._now() < deadline_ns:
+            now = self._now()
+            if self._stop and not stop_seen:  # stopped while draining: only the grace period is left
+                stop_seen = True
+                deadline_ns = min(deadline_ns, now + int(self.config.stop_grace_s * NS_PER_S))
+            second_end = (now // NS_PER_S + 1) * NS_PER_S
+            await asyncio.wait(set(self._in_flight), timeout=(min(second_end, deadline_ns) - now) / 1e9)
+            self._ticks.set("in_flight", (self._now() - 1) // NS_PER_S, len(self._in_flight))
+        leftover = set(self._in_flight)
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            log.warning("%d requests still unanswered at the end were cancelled", len(leftover))
+            await asyncio.gather(*leftover, return_exceptions=True)
+
+
+def client_session(config: RunConfig) -> aiohttp.ClientSession:
+    """The one HTTP client of a run: a connector bounded by the largest r_c, the per-request timeout, no cookies."""
+    import aiohttp
+
+    limit = connection_limit(max(config.targets, default=1))
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=config.timeout_s), cookie_jar=aiohttp.DummyCookieJar()
+    )
+
+
+def connection_limit(max_in_flight: int) -> int:
+    """Connections to allow: in flight never exceeds r_c, so r_c, within the process's file limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_in_flight + 64
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new_soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+        soft = new_soft
+    return max(1, min(max_in_flight, soft - 64))
