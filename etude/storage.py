@@ -78,6 +78,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, 0o644)  # mkstemp makes 0600; results and models are meant to be read by others
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)

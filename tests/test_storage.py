@@ -12,6 +12,7 @@ def test_local_write_is_atomic_and_creates_folders(tmp_path: Path) -> None:
     storage.write_bytes(str(target), b"hello")
     assert target.read_bytes() == b"hello"
     assert [p.name for p in target.parent.iterdir()] == ["x.bin"]  # no temporary file left behind
+    assert target.stat().st_mode & 0o777 == 0o644  # readable by a server running as another user
 
 
 def test_gcs_round_trip(gcs_bucket: str) -> None:

@@ -1,0 +1,71 @@
+"""The top-k head on its own: what scoring all C items costs against the memory-bandwidth bound.
+
+Compares, per catalog size and batch size: the read bandwidth bound (C*d*4 bytes / measured bandwidth),
+plain `topk(q @ E.T)` (materialises B x C scores), the blockwise head of models/common.py (fp32, the one the
+models use), the same head scripted, and bf16 storage of the item table (half the bytes, but torch's CPU
+bf16 matmul returns bf16 scores: ~3 significant digits, so near-ties in the top-k reorder; measured, not used).
+Prints one line per cell (min and median ms over the repeats). Run under `flock /tmp/etude-bench.lock`.
+
+    .venv/bin/python benchmarks/models_head.py [--sizes 1000000,10000000] [--batches 1,32] [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import torch
+
+from models.common import top_k_items
+from models.microbench import read_bandwidth_gbs
+
+K = 21
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:  # noqa: ANN001
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        fn()
+        ts.append(time.perf_counter_ns() - t0)
+    return min(ts) / 1e6, float(np.median(ts)) / 1e6
+
+
+def bench_size(c: int, batches: list[int], repeats: int, scripted) -> None:  # noqa: ANN001
+    d = math.ceil(c**0.25)
+    table = torch.randn(c + 1, d)
+    bf16 = table.to(torch.bfloat16)
+    bw = read_bandwidth_gbs("cpu", min(1 << 30, max(1 << 26, 4 * c * d * 4)))
+    bound_ms = c * d * 4 / bw / 1e6
+    for b in batches:
+        q = torch.randn(b, d)
+        cells = {
+            "plain": lambda q=q: torch.topk(q @ table[1:].t(), K),
+            "head": lambda q=q: top_k_items(q, table, 1, c, K),
+            "head-scripted": lambda q=q: scripted(q, table, 1, c, K, None, None),
+            "head-bf16": lambda q=q: top_k_items(q, bf16, 1, c, K),
+        }
+        line = [f"C={c} d={d} B={b} bw={bw:.1f}GB/s bound={bound_ms:.2f}ms"]
+        for name, fn in cells.items():
+            lo, med = timed(fn, repeats)
+            line.append(f"{name} {lo:.2f}/{med:.2f}ms ({med / bound_ms:.1f}x)")
+        print("  ".join(line), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000000,10000000")
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--repeats", type=int, default=15)
+    args = ap.parse_args()
+    scripted = torch.jit.script(top_k_items)
+    print(f"threads={torch.get_num_threads()}")
+    for c in (int(s) for s in args.sizes.split(",")):
+        bench_size(c, [int(s) for s in args.batches.split(",")], args.repeats, scripted)
+
+
+if __name__ == "__main__":
+    main()

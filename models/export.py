@@ -1,0 +1,183 @@
+"""Serialize models to TorchScript, and load + validate a serialized model (the server's only loader).
+
+The serialized-model contract (README, /work/notes/models-readme.md):
+a TorchScript module whose `forward(item_seq: int64[B, L], item_seq_len: int64[B], k: int) -> int64[B, k]`
+returns the top-k item ids in [0, C), best first, distinct per row; item_seq is right-padded and only the first
+item_seq_len entries of a row are items; 1 <= k <= C. The module has int attributes `catalog_size` (C) and
+`max_session_length` (50 for the built-in models), readable as `torch.jit.load(path).catalog_size`.
+
+Runtimes. Both produce a TorchScript file, so the server has one loader path:
+- `eager`: `torch.jit.script` only: the module runs in the TorchScript interpreter as written, no freezing,
+  no graph optimisation (weights stay module parameters).
+- `jit`: `torch.jit.script`, then `torch.jit.freeze` (weights become constants; `catalog_size` and
+  `max_session_length` are preserved) and `torch.jit.optimize_for_inference`.
+Scripting, never tracing: a trace freezes the control flow and data-dependent structure of its example input.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from typing import Any
+
+from etude import storage
+from etude.errors import UsageError
+from etude.spec import RUNTIMES
+
+log = logging.getLogger(__name__)
+
+CONTRACT_ATTRS = ("catalog_size", "max_session_length")
+
+
+def to_torchscript(model: Any, runtime: str) -> Any:
+    """`eager`: scripted; `jit`: scripted, frozen and optimised for inference. The model stays on its device."""
+    import torch
+
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {runtime!r}; known runtimes: {', '.join(RUNTIMES)}")
+    model = model.eval().requires_grad_(False)
+    with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated; it is still the served format
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(model)
+        if runtime == "eager":
+            return scripted
+        frozen = torch.jit.freeze(scripted, preserved_attrs=list(CONTRACT_ATTRS))
+        return torch.jit.optimize_for_inference(frozen)
+
+
+def serialize(module: Any) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(module, buf)
+    return buf.getvalue()
+
+
+def export_model(
+    name: str,
+    catalog_size: int,
+    runtime: str,
+    out: str,
+    *,
+    seed: int = 42,
+    if_missing: bool = False,
+) -> bool:
+    """Build a built-in model with seeded random weights and write it to `out` (path or gs://).
+
+    Returns False when `if_missing` and `out` exists (nothing done). The file is written whole or not at all.
+    """
+    from models.registry import build_model, check_name
+
+    check_name(name)
+    if catalog_size < 1:
+        raise UsageError(f"--catalog-size must be >= 1, got {catalog_size}")
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {runtime!r}; known runtimes: {', '.join(RUNTIMES)}")
+    if if_missing and storage.exists(out):
+        log.info("%s exists; nothing to do (--if-missing)", out)
+        return False
+    _check_writable(out)
+    started = _now_ns()
+    data = serialize(to_torchscript(build_model(name, catalog_size, seed), runtime))
+    storage.write_bytes(out, data)
+    log.info(
+        "exported %s (C=%d, %s, seed %d) to %s: %.1f MB in %.1f s",
+        name,
+        catalog_size,
+        runtime,
+        seed,
+        out,
+        len(data) / 1e6,
+        (_now_ns() - started) / 1e9,
+    )
+    return True
+
+
+def _now_ns() -> int:
+    import time
+
+    return time.perf_counter_ns()
+
+
+def _check_writable(out: str) -> None:
+    """Fail before the (possibly long) export when a local destination cannot be written."""
+    if storage.is_gcs(out):
+        storage.split_gcs(out)
+        return
+    from pathlib import Path
+
+    path = Path(out)
+    if path.is_dir():
+        raise UsageError(f"--out {out} is a directory; give a file path such as {path / 'model.pt'}")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    import os
+
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write {out}: {parent} is not a writable directory")
+
+
+def load_model(uri: str, device: str = "cpu") -> Any:
+    """Load a serialized model from a path or gs:// URI onto `device` and check that it meets the contract.
+
+    Raises UsageError naming the URI and what is wrong: unreadable, not TorchScript, missing attributes, or a
+    forward that fails on, or answers wrongly to, a tiny batch.
+    """
+    import torch
+
+    data = storage.read_bytes(uri)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(io.BytesIO(data), map_location=device)
+    except Exception as err:  # noqa: BLE001 - any load failure means "not a TorchScript model"
+        raise UsageError(
+            f"{uri} is not a TorchScript model ({_first_line(err)}); export one with `etude export` "
+            "or torch.jit.script(model).save(path)"
+        ) from None
+    module.eval()
+    check_contract(module, uri, device)
+    return module
+
+
+def check_contract(module: Any, uri: str, device: str = "cpu") -> None:
+    """Run the contract's checks on a loaded module; UsageError on the first violation."""
+    import torch
+
+    attrs = {}
+    for attr in CONTRACT_ATTRS:
+        value = getattr(module, attr, None)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UsageError(
+                f"{uri}: the model must have an int attribute `{attr}` >= 1 (got {value!r}); "
+                "see the serialized-model contract in the README"
+            )
+        attrs[attr] = value
+    catalog_size = attrs["catalog_size"]
+    k = min(3, catalog_size)
+    item_seq = torch.tensor([[0, catalog_size - 1, 0], [catalog_size - 1, 0, 0]], dtype=torch.long, device=device)
+    item_seq_len = torch.tensor([3, 1], dtype=torch.long, device=device)
+    try:
+        with torch.inference_mode():
+            out = module(item_seq, item_seq_len, k)
+    except Exception as err:  # noqa: BLE001 - the user's model failed on a valid input
+        raise UsageError(
+            f"{uri}: forward(item_seq [2, 3] int64, item_seq_len [2] int64, k={k}) failed: {_first_line(err)}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.dtype != torch.long or tuple(out.shape) != (2, k):
+        got = f"{out.dtype} {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UsageError(f"{uri}: forward must return an int64 tensor of shape [B, k] = [2, {k}], got {got}")
+    if bool(((out < 0) | (out >= catalog_size)).any()):
+        raise UsageError(f"{uri}: forward returned item ids outside [0, catalog_size={catalog_size})")
+    for row in out.tolist():
+        if len(set(row)) != len(row):
+            raise UsageError(f"{uri}: forward returned repeated item ids in one row: {row}")
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

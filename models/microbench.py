@@ -1,0 +1,276 @@
+"""The micro-benchmark (paper Fig. 3): serial requests, one model x runtime x catalog size at a time.
+
+Each cell builds the built-in model with seeded random weights on the device, turns it into the runtime's
+TorchScript module (the same `to_torchscript` the export uses, so it measures what is served), warms it up,
+then sends `requests` synthetic sessions one after another and times each call from building the input tensors
+to the top-k ids back on the host (`torch.cuda.synchronize` on a GPU). Sessions follow the bol.com preset
+(`loadgen.workload`, Algorithm 1) and keep their most recent 50 items, as the server does.
+
+Runtimes: `eager` and `jit` are the exported artifacts (scripted; scripted + frozen + optimised, see
+models/export.py); `python` (not exportable, only measured here) runs the nn.Module in Python eager mode, the
+paper's "eager execution".
+
+Output: DIR/microbench.csv (model, runtime, device, catalog_size, embedding_dim, requests, p50_ms, p90_ms,
+mean_ms), DIR/microbench.png (log-log p90 latency vs catalog size per model, eager vs jit) and
+DIR/microbench.json (the machine's measured read bandwidth and each cell's bandwidth bound C*d*4 bytes / bw).
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import json
+import logging
+import math
+import multiprocessing
+import platform
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from etude.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = ("model", "runtime", "device", "catalog_size", "embedding_dim", "requests", "p50_ms", "p90_ms", "mean_ms")
+K = 21  # the paper's number of recommendations
+WARMUP_REQUESTS = 3
+# From this catalog size on, each model is measured in a fresh process: a frozen TorchScript module's weights are
+# constants of its graph, which lives in torch's global compilation unit and is never freed (2.3 GB at C = 10M).
+ISOLATE_FROM_CATALOG_SIZE = 1_000_000
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    runtime: str
+    device: str
+    catalog_size: int
+    embedding_dim: int
+    requests: int
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+
+
+def default_requests(catalog_size: int) -> int:
+    """Enough requests for a stable p90 while keeping a full CPU run to minutes."""
+    if catalog_size <= 100_000:
+        return 200
+    if catalog_size <= 1_000_000:
+        return 50
+    return 15
+
+
+def read_bandwidth_gbs(device: str = "cpu", size_bytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Sustained read bandwidth: the best of `repeats` sums over a `size_bytes` float32 array (GB/s)."""
+    import torch
+
+    x = torch.ones(size_bytes // 4, dtype=torch.float32, device=device)
+    best_ns = math.inf
+    for _ in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter_ns()
+        x.sum().item()
+        best_ns = min(best_ns, time.perf_counter_ns() - t0)
+    del x
+    return size_bytes / best_ns
+
+
+def synthetic_sessions(catalog_size: int, n: int, seed: int, max_len: int = 50) -> list[np.ndarray]:
+    """n sessions from the bol.com preset (Algorithm 1), each cut to its most recent `max_len` items."""
+    try:
+        from loadgen.workload import SyntheticWorkload, workload_laws
+    except ImportError:  # the load-generator package is optional here: lengths 2..50, uniform items
+        log.warning("loadgen.workload not available; sampling uniform sessions instead of the bol.com preset")
+        rng = np.random.default_rng(seed)
+        return [rng.integers(0, catalog_size, size=int(rng.integers(2, max_len + 1))) for _ in range(n)]
+    lengths, clicks = workload_laws("bolcom")
+    it = SyntheticWorkload(catalog_size, lengths, clicks, seed).sessions()
+    return [np.asarray(next(it), dtype=np.int64)[-max_len:] for _ in range(n)]
+
+
+def time_requests(module: Any, sessions: Sequence[np.ndarray], device: str, k: int = K) -> np.ndarray:
+    """Serial calls, one session each; returns each call's latency in ms."""
+    import torch
+
+    latencies_ns = np.empty(len(sessions), dtype=np.int64)
+    with torch.inference_mode():
+        for i, session in enumerate(sessions):
+            _sync(device)
+            t0 = time.perf_counter_ns()
+            seq = torch.from_numpy(session).view(1, -1).to(device)
+            lens = torch.tensor([len(session)], dtype=torch.long, device=device)
+            module(seq, lens, k).cpu()
+            _sync(device)
+            latencies_ns[i] = time.perf_counter_ns() - t0
+    return latencies_ns / 1e6
+
+
+def measure_model(
+    name: str, catalog_size: int, runtimes: list[str], device: str, sessions: list[np.ndarray], seed: int, threads: int
+) -> list[tuple[str, np.ndarray]]:
+    """Latencies (ms) of one model at one catalog size, per runtime, after a warm-up."""
+    import torch
+
+    from models.export import to_torchscript
+    from models.registry import build_model
+
+    torch.set_num_threads(threads)
+    results = []
+    for runtime in runtimes:
+        model = build_model(name, catalog_size, seed).to(device)
+        module = model if runtime == "python" else to_torchscript(model, runtime)
+        del model
+        time_requests(module, sessions[:WARMUP_REQUESTS], device)
+        results.append((runtime, time_requests(module, sessions[WARMUP_REQUESTS:], device)))
+        del module
+        gc.collect()
+    return results
+
+
+def run(
+    models: Sequence[str],
+    catalog_sizes: Sequence[int],
+    runtimes: Sequence[str],
+    device: str,
+    out_dir: str,
+    *,
+    requests: int | None = None,
+    seed: int = 42,
+    threads: int | None = None,
+) -> list[Cell]:
+    """Measure every cell, write the CSV, JSON and plot to out_dir, return the cells."""
+    import torch
+
+    from models.common import embedding_dim
+    from models.registry import check_name
+
+    models = [check_name(m) for m in models]
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available to torch here")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    largest = max(catalog_sizes)
+    bandwidth = read_bandwidth_gbs(device, min(1 << 30, max(1 << 26, 4 * largest * embedding_dim(largest) * 4)))
+    log.info("read bandwidth on %s: %.1f GB/s (%d threads)", device, bandwidth, torch.get_num_threads())
+    cells: list[Cell] = []
+    meta: dict[str, Any] = {
+        "device": _device_name(device),
+        "threads": torch.get_num_threads(),
+        "read_bandwidth_gbs": round(bandwidth, 2),
+        "k": K,
+        "bound_ms": {},
+    }
+    for c in catalog_sizes:
+        d = embedding_dim(c)
+        n = requests or default_requests(c)
+        sessions = synthetic_sessions(c, n + WARMUP_REQUESTS, seed)
+        meta["bound_ms"][str(c)] = round(c * d * 4 / bandwidth / 1e6, 3)
+        for name in models:
+            args = (name, c, list(runtimes), device, sessions, seed, torch.get_num_threads())
+            if c >= ISOLATE_FROM_CATALOG_SIZE:  # a fresh process per model: frozen constants are never freed
+                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    results = pool.submit(measure_model, *args).result()
+            else:
+                results = measure_model(*args)
+            for runtime, lat_ms in results:
+                cell = Cell(
+                    name,
+                    runtime,
+                    device,
+                    c,
+                    d,
+                    n,
+                    round(float(np.percentile(lat_ms, 50)), 3),
+                    round(float(np.percentile(lat_ms, 90)), 3),
+                    round(float(lat_ms.mean()), 3),
+                )
+                cells.append(cell)
+                log.info(
+                    "%-9s %-6s C=%-9d d=%-3d p50 %8.2f ms  p90 %8.2f ms  (bound %.2f ms)",
+                    name,
+                    runtime,
+                    c,
+                    d,
+                    cell.p50_ms,
+                    cell.p90_ms,
+                    meta["bound_ms"][str(c)],
+                )
+            write_csv(cells, out / "microbench.csv")
+    (out / "microbench.json").write_text(json.dumps(meta, indent=2) + "\n")
+    plot(cells, out / "microbench.png")
+    return cells
+
+
+def write_csv(cells: Sequence[Cell], path: Path) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for cell in cells:
+            writer.writerow(asdict(cell))
+    tmp.replace(path)
+
+
+def plot(cells: Sequence[Cell], path: Path) -> None:
+    """Log-log p90 latency vs catalog size, one panel per model, one line per runtime (paper Fig. 3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({c.model for c in cells})
+    cols = min(4, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharex=True)
+    for ax, name in zip(axes.flat, names, strict=False):
+        for runtime, style in (("python", "^:"), ("eager", "o--"), ("jit", "s-")):
+            pts = sorted((c.catalog_size, c.p90_ms) for c in cells if c.model == name and c.runtime == runtime)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, label=runtime, markersize=4)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in axes.flat[len(names) :]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("catalog size")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("p90 latency (ms)")
+    axes.flat[0].legend(fontsize=8)
+    device = cells[0].device if cells else ""
+    fig.suptitle(f"Serial inference latency vs catalog size ({device}, {platform.machine()})", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,59 @@
+"""Built-in model names -> constructors. The names must be exactly etude.spec.BUILTIN_MODELS (a test checks it).
+
+`build_model(name, catalog_size, seed)` gives a model in eval mode, no gradients, with weights drawn from
+the seed and embedding size d = ceil(C ** 0.25).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from etude.errors import UsageError
+from models.common import embedding_dim, init_weights
+from models.core import CORE
+from models.gcsan import GCSAN
+from models.gru4rec import GRU4Rec
+from models.lightsans import LightSANs
+from models.narm import NARM
+from models.noop import Noop
+from models.repeatnet import RepeatNet
+from models.sasrec import SASRec
+from models.sine import SINE
+from models.srgnn import SRGNN
+from models.stamp import STAMP
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "core": CORE,
+    "gcsan": GCSAN,
+    "gru4rec": GRU4Rec,
+    "lightsans": LightSANs,
+    "narm": NARM,
+    "noop": Noop,
+    "repeatnet": RepeatNet,
+    "sasrec": SASRec,
+    "sine": SINE,
+    "srgnn": SRGNN,
+    "stamp": STAMP,
+}
+
+
+def check_name(name: str) -> str:
+    key = name.lower()
+    if key not in MODELS:
+        raise UsageError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    return key
+
+
+def build_model(name: str, catalog_size: int, seed: int = 42) -> nn.Module:
+    """A built-in model with seeded random weights, ready for inference (eval, no grad)."""
+    key = check_name(name)
+    if catalog_size < 1:
+        raise UsageError(f"catalog size must be >= 1, got {catalog_size}")
+    model = MODELS[key](catalog_size=catalog_size, dim=embedding_dim(catalog_size))
+    init_weights(model, seed)
+    refresh = getattr(model, "refresh_norms", None)
+    if refresh is not None:
+        refresh()
+    return model.eval().requires_grad_(False)
