@@ -8,7 +8,7 @@
                 the highest rate whose p90 stays within the SLO, plus closed-loop throughput (wrk, random sessions)
 
 Each server runs alone (started, measured, stopped) so it never shares the CPUs with the other one. Client and
-server share this machine's cores, as in the issue's baseline figures. Run under `flock /tmp/etude-bench.lock`.
+server share this machine's cores, as in the reference figures. Run under `flock /tmp/etude-bench.lock`.
 
     flock /tmp/etude-bench.lock .venv/bin/python benchmarks/bench_server.py infratest --out /tmp/bench/infratest
     flock /tmp/etude-bench.lock .venv/bin/python benchmarks/bench_server.py model --out /tmp/bench/gru4rec

@@ -1,5 +1,5 @@
 """A bare aiohttp + uvloop handler that answers every recommendation request with a static list: no validation,
-no batching, no model. The floor this machine and client set for the infrastructure test (the issue's reference).
+no batching, no model. The floor this machine and client set for the infrastructure test (the reference figure).
 
     python benchmarks/static_server.py --port 8092
 """
