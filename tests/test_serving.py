@@ -16,12 +16,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from torch import Tensor
+from toy_model import ToyModel, save_toy_model
 
 from etude import storage
 from etude.errors import UsageError
 from serving.app import InferenceServer, Settings
 from serving.model import load_model
-from toy_model import ToyModel, save_toy_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 

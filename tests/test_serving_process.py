@@ -13,9 +13,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from toy_model import save_toy_model
 
 from etude.cli import main
-from toy_model import save_toy_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
