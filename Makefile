@@ -19,9 +19,7 @@ demo: setup
 	$(BIN)/etude report results/local --out results/report && exit $$status
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-lint: setup
-	$(BIN)/ruff check .
-
-.PHONY: setup demo test lint
+.PHONY: setup demo test

@@ -234,7 +234,10 @@ def check_writable(out: str) -> None:
     _delete(probe)
     if created is not None:  # leave no empty folders behind: `write` makes them again
         for folder in [Path(out), *Path(out).parents]:
-            folder.rmdir()
+            try:
+                folder.rmdir()
+            except OSError:  # another process (a sibling shard) is writing there now: it is not ours to remove
+                break
             if folder == created:
                 break
 
