@@ -161,6 +161,8 @@ def _main(args: argparse.Namespace) -> int:
         raise UsageError(f"--ramp-seconds {args.ramp_seconds}: give at least 1")
     if args.hold_seconds is not None and args.hold_seconds < 0:
         raise UsageError(f"--hold-seconds {args.hold_seconds}: give 0 or more")
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: give a TCP port, 1 to 65535")
     exp = load_stack(args.stack)
     variants = select(exp, args.only)
     check_memory(exp)

@@ -56,8 +56,11 @@ def write_report(roots: list[str], out: Path) -> Path:
     if not found.runs and not found.microbench:
         details = "; ".join(found.warnings) or "nothing found"
         raise UsageError(f"no results under {', '.join(roots)} ({details})")
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".report-"))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out, prefix=".report-"))
+    except OSError as err:
+        raise UsageError(f"--out {out}: cannot write the report there: {err.strerror or err}") from None
     try:
         rows = capacity.capacity_rows(r for r in found.runs if r.stack != INFRATEST_STACK)
         (staging / CAPACITY_FILE).write_text(capacity.to_csv(rows))

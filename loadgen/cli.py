@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -58,6 +59,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--timeout-s", type=float, default=10.0, help="per-request timeout")
     p.add_argument("--ready-timeout-s", type=float, default=120.0, help="how long to wait for GET /ping -> 200")
     p.add_argument("--warmup-requests", type=int, default=20, help="sent before the measurement, not recorded")
+    p.add_argument("--max-session-items", type=int, default=None, metavar="N",
+                   help="send only the N most recent clicks of a session (default: the whole session so far; "
+                   "the server keeps as many as its model takes)")
     p.add_argument(
         "--spin-us",
         type=int,
@@ -122,6 +126,8 @@ def validate(args: argparse.Namespace) -> None:
         (args.ready_timeout_s > 0, f"--ready-timeout-s {args.ready_timeout_s:g}: must be > 0"),
         (args.spin_us >= 0, f"--spin-us {args.spin_us}: must be >= 0"),
         (args.warmup_requests >= 0, f"--warmup-requests {args.warmup_requests}: must be >= 0"),
+        (args.max_session_items is None or args.max_session_items >= 1,
+         f"--max-session-items {args.max_session_items}: must be >= 1"),
         (args.replicas >= 1, f"--replicas {args.replicas}: must be >= 1"),
         (args.alpha_clicks is None or args.alpha_length is not None, "--alpha-clicks needs --alpha-length"),
         (args.alpha_length is None or args.alpha_clicks is not None, "--alpha-length needs --alpha-clicks"),
@@ -193,9 +199,14 @@ def main(args: argparse.Namespace) -> int:
             f"--target-rps {args.target_rps} is below the shard count {shard.count}: shard "
             f"{shard.index} would send nothing"
         )
-    out = results.shard_dir(args.out, shard.index) if args.shard is not None else args.out
+    sharded = shard.count > 1
+    out = results.shard_dir(args.out, shard.index) if sharded else args.out
     stream = sessions(args, shard)
     results.check_writable(out)
+    results.remove_summary(out)  # a reused folder must not look complete before this run wrote it
+    if sharded and shard.index == 0:
+        results.remove_summary(args.out)
+    launched = datetime.now(UTC)
     config = RunConfig(
         base_url=url,
         catalog_size=args.catalog_size,
@@ -206,6 +217,7 @@ def main(args: argparse.Namespace) -> int:
         session_id_offset=shard.index,
         session_id_step=shard.count,
         spin_ns=args.spin_us * 1000,
+        max_items=args.max_session_items,
     )
     result, signum = run(config, stream)
     if result is None:
@@ -220,11 +232,14 @@ def main(args: argparse.Namespace) -> int:
     summary, requests, timeline = results.build(result, spec)
     results.write_or_keep(out, summary, requests, timeline)
     report(summary, out)
-    if shard.count > 1 and shard.index == 0 and signum is None:
+    if sharded and shard.index == 0 and signum is None:
         wait_s = args.merge_wait_s
         if wait_s is None:
             wait_s = args.ramp_seconds + args.hold_seconds + args.timeout_s + MERGE_GRACE_S
-        present = results.wait_for_shards(args.out, shard.count, wait_s)
+        # The copies of an Indexed Job start together; one whose measurement began before this copy was even
+        # launched (less the time a copy may spend waiting for the server) belongs to an earlier run.
+        not_before = launched - timedelta(seconds=args.ready_timeout_s + MERGE_GRACE_S)
+        present = results.wait_for_shards(args.out, shard.count, wait_s, not_before)
         report(results.merge(args.out, shard.count, spec, present), args.out)
     if signum is not None:
         print(f"etude loadgen: stopped by {signal.Signals(signum).name}; partial results in {out}", file=sys.stderr)

@@ -26,6 +26,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -289,14 +290,31 @@ def shard_dir(out: str, shard: int) -> str:
     return storage.join(out, f"shard-{shard}")
 
 
-def wait_for_shards(out: str, shards: int, wait_s: float, poll_s: float = 1.0) -> list[int]:
-    """Wait up to `wait_s` until every shard folder has summary.json; the shards that have one."""
+def remove_summary(out: str) -> None:
+    """Remove a run folder's summary.json, so that nobody takes a previous run's for this one's."""
+    _delete(storage.join(out, SUMMARY_FILE))
+
+
+def wait_for_shards(
+    out: str, shards: int, wait_s: float, not_before: datetime, poll_s: float = 1.0
+) -> list[int]:
+    """Wait up to `wait_s` until every shard folder has a summary.json of this run; the shards that have one.
+
+    A shard's summary counts only when its measurement started at `not_before` or later: a folder reused by a
+    new run (same run id) may still hold the summary of a shard that has not started again yet.
+    """
     deadline_ns = time.perf_counter_ns() + int(wait_s * NS_PER_S)
     done: set[int] = set()
+
+    def fresh(i: int) -> bool:
+        uri = storage.join(shard_dir(out, i), SUMMARY_FILE)
+        if not storage.exists(uri):
+            return False
+        started = datetime.fromisoformat(Summary.model_validate_json(storage.read_bytes(uri)).started_at)
+        return started >= not_before
+
     while True:
-        done |= {
-            i for i in range(shards) if i not in done and storage.exists(storage.join(shard_dir(out, i), SUMMARY_FILE))
-        }
+        done |= {i for i in range(shards) if i not in done and fresh(i)}
         if len(done) == shards or time.perf_counter_ns() >= deadline_ns:
             return sorted(done)
         log.info("waiting for shards %s", sorted(set(range(shards)) - done))
@@ -307,16 +325,30 @@ def merge(out: str, shards: int, spec: RunSpec, present: Sequence[int]) -> Summa
     """Combine the shard folders `present` into one run at `out`: requests concatenated, timelines added per
     second, percentiles recomputed over all requests. Partial when a shard is missing or was partial."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     parts = [read(shard_dir(out, i)) for i in present]
-    requests = pa.concat_tables([p[1] for p in parts])
-    n = max(p[2].num_rows for p in parts)
+    # Each shard counts time from the start of its own measurement; put them all on the earliest shard's clock
+    # (whole seconds for the per-second counts, nanoseconds for the request times).
+    starts = [datetime.fromisoformat(p[0].started_at) for p in parts]
+    offsets_ns = [int((t - min(starts)).total_seconds() * NS_PER_S) for t in starts]
+    shifted = []
+    for (_, reqs, _), offset_ns in zip(parts, offsets_ns, strict=True):
+        for name in ("intended_ns", "sent_ns", "received_ns"):
+            col = reqs.column(name)
+            moved = pc.if_else(pc.less(col, 0), col, pc.add(col, offset_ns)) if name == "received_ns" else pc.add(
+                col, offset_ns)
+            reqs = reqs.set_column(reqs.schema.get_field_index(name), name, moved)
+        shifted.append(reqs)
+    requests = pa.concat_tables(shifted)
+    ticks = [round(o / NS_PER_S) for o in offsets_ns]
+    n = max(tick + p[2].num_rows for p, tick in zip(parts, ticks, strict=True))
     counts = {"second": pa.array(range(n), pa.int32())}
     for name in COUNT_COLUMNS:
         total = [0] * n
-        for _, _, tl in parts:
+        for (_, _, tl), tick in zip(parts, ticks, strict=True):
             for i, v in enumerate(tl.column(name).to_pylist()):
-                total[i] += v
+                total[tick + i] += v
         counts[name] = pa.array(total, pa.int32())
     missing = sorted(set(range(shards)) - set(present))
     if missing:

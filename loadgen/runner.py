@@ -4,9 +4,9 @@ One sender coroutine walks the schedule (loadgen/schedule.py): tick k has r_c ev
 each slot it waits until the slot is due; while the number of pending requests p >= r_c it waits in 1 ms steps
 (backpressure); slots the tick runs out of are counted as held back, never dropped silently. Each send is a task
 in a set bounded by r_c (in flight never exceeds r_c). Sessions are replayed in order: a session's next click is
-sent only after the answer to its previous click arrived, and each request carries the session so far (the most
-recent `max_items` clicks, most recent last). Every request keeps its intended slot, actual send and receive
-times (wrk2's fix for coordinated omission), its status and the server's timing headers.
+sent only after the answer to its previous click arrived, and each request carries the session so far (most
+recent last; only the `max_items` most recent clicks when that is set). Every request keeps its intended slot,
+actual send and receive times (wrk2's fix for coordinated omission), its status and the server's timing headers.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_SESSION_ITEMS = 50  # the server keeps at most this many recent items anyway (etude.spec.MAX_SESSION_LENGTH)
 SPIN_NS = 1_000_000  # the last stretch before a due slot is waited by yielding, not sleeping (timer granularity)
 BACKPRESSURE_WAIT_S = 0.001
 BEHIND_NS = 1_000_000  # a send this late is catching up: yield between such sends
@@ -49,7 +48,7 @@ class RunConfig:
     ready_timeout_s: float = 120.0
     warmup_requests: int = 20
     stop_grace_s: float = 5.0  # after a stop request: how long to wait for answers in flight
-    max_items: int = MAX_SESSION_ITEMS
+    max_items: int | None = None  # send at most this many recent clicks; None: the whole session so far
     spin_ns: int = SPIN_NS
     session_id_offset: int = 0  # shard i of n numbers its sessions i, i + n, i + 2n, ...
     session_id_step: int = 1
@@ -256,7 +255,8 @@ class Runner:
         return sid, items, 0
 
     async def _request(self, sid: int, items: list[int], position: int, due_ns: int) -> None:
-        window = items[max(0, position + 1 - self.config.max_items) : position + 1]
+        first = 0 if self.config.max_items is None else max(0, position + 1 - self.config.max_items)
+        window = items[first : position + 1]
         body = json.dumps({"session": window, "k": client.K}).encode()
         sent_ns = self._now()
         self._ticks.add("sent", sent_ns // NS_PER_S)

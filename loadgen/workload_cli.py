@@ -148,6 +148,9 @@ def write_clicks(path: Path, chunks: Any, expected: int | None = None) -> tuple[
                     log.info("%s: %d clicks written%s", path.name, clicks, share)
                     next_report_ns += int(PROGRESS_S * 1e9)
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"--out {path}: cannot write: {err.strerror or err}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -1,6 +1,6 @@
 """Serialize models to TorchScript, and load + validate a serialized model (the server's only loader).
 
-The serialized-model contract (README, /work/notes/models-readme.md):
+The serialized-model contract (README, "The serialized-model contract"):
 a TorchScript module whose `forward(item_seq: int64[B, L], item_seq_len: int64[B], k: int) -> int64[B, k]`
 returns the top-k item ids in [0, C), best first, distinct per row; item_seq is right-padded and only the first
 item_seq_len entries of a row are items; 1 <= k <= C. The module has int attributes `catalog_size` (C) and

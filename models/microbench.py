@@ -157,7 +157,10 @@ def run(
     if threads is not None:
         torch.set_num_threads(threads)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--out {out}: cannot write there: {err.strerror or err}") from None
     largest = max(catalog_sizes)
     bandwidth = read_bandwidth_gbs(device, min(1 << 30, max(1 << 26, 4 * largest * embedding_dim(largest) * 4)))
     log.info("read bandwidth on %s: %.1f GB/s (%d threads)", device, bandwidth, torch.get_num_threads())

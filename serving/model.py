@@ -1,6 +1,6 @@
 """The served model: loading (local path or gs://), warm-up and batched top-k prediction.
 
-The model contract (models issue): a TorchScript module with `forward(item_seq: int64[B, L],
+The serialized-model contract (README): a TorchScript module with `forward(item_seq: int64[B, L],
 item_seq_len: int64[B], k: int) -> int64[B, k]` (top-k item ids, best first; `item_seq` right-padded) and the
 attributes `catalog_size` and `max_session_length`. `Predictor.predict` pads one batch's sessions to the batch's
 longest length, runs the model once with the batch's largest `k` and slices each request's answer.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -118,9 +120,14 @@ def test_error_kinds_are_named_and_timeouts_have_no_answer() -> None:
     assert requests.schema == pa.schema([(n, pa.type_for_alias(t)) for n, t in REQUEST_COLUMNS.items()])
 
 
-def write_shard(out: str, i: int, n: int, lat_ms: float, partial: bool = False) -> None:
+RUN_START = datetime(2026, 1, 1, tzinfo=UTC)  # fake_run's started_at
+
+
+def write_shard(out: str, i: int, n: int, lat_ms: float, partial: bool = False, started_at: str | None = None) -> None:
     run = fake_run([[lat_ms] * 10, [lat_ms] * 10], [10, 10], first_session=i * 1000)
     run.partial = partial
+    if started_at is not None:
+        run = replace(run, started_at=started_at)
     summary, requests, timeline = results.build(run, spec(1, 1, 10 * n, shard=f"{i}/{n}"))
     results.write(results.shard_dir(out, i), summary, requests, timeline)
 
@@ -129,7 +136,7 @@ def test_merge_recomputes_percentiles_over_all_requests(tmp_path: Path) -> None:
     out = str(tmp_path / "run")
     write_shard(out, 0, 2, 1.0)
     write_shard(out, 1, 2, 100.0)
-    present = results.wait_for_shards(out, 2, wait_s=1.0)
+    present = results.wait_for_shards(out, 2, wait_s=1.0, not_before=RUN_START)
     merged = results.merge(out, 2, spec(1, 1, 20, shard="0/2"), present)
     summary, requests, timeline = results.read(out)
     assert summary == merged and summary.shards == 2 and not summary.partial and summary.spec.shard is None
@@ -144,10 +151,28 @@ def test_merge_with_a_missing_shard_is_partial(tmp_path: Path) -> None:
     out = str(tmp_path / "run")
     write_shard(out, 0, 3, 1.0)
     write_shard(out, 2, 3, 1.0)
-    present = results.wait_for_shards(out, 3, wait_s=0.3, poll_s=0.1)
+    present = results.wait_for_shards(out, 3, wait_s=0.3, not_before=RUN_START, poll_s=0.1)
     assert present == [0, 2]
     summary = results.merge(out, 3, spec(1, 1, 30, shard="0/3"), present)
     assert summary.partial and summary.requests == 40
+
+
+def test_a_shard_summary_from_an_earlier_run_is_not_merged(tmp_path: Path) -> None:
+    out = str(tmp_path / "run")
+    write_shard(out, 0, 2, 1.0)
+    write_shard(out, 1, 2, 1.0, started_at="2025-12-31T23:00:00+00:00")  # left over from the previous run
+    assert results.wait_for_shards(out, 2, wait_s=0.3, not_before=RUN_START, poll_s=0.1) == [0]
+
+
+def test_merge_puts_shards_on_one_clock(tmp_path: Path) -> None:
+    out = str(tmp_path / "run")
+    write_shard(out, 0, 2, 1.0)
+    write_shard(out, 1, 2, 1.0, started_at="2026-01-01T00:00:03+00:00")  # its pod started 3 s later
+    results.merge(out, 2, spec(1, 1, 20, shard="0/2"), [0, 1])
+    _, requests, timeline = results.read(out)
+    assert timeline.column("target_rps").to_pylist()[:5] == [10, 10, 0, 10, 10]
+    shard1 = requests.filter(pa.compute.greater_equal(requests.column("session_id"), 1000))
+    assert min(shard1.column("intended_ns").to_pylist()) == 3 * S
 
 
 def test_summary_is_written_last_and_a_stale_one_removed_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

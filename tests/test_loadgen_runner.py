@@ -82,7 +82,7 @@ def test_fixed_delay_server_rate_slots_latency_and_headers() -> None:
 
 
 def test_sessions_are_replayed_in_order_with_the_session_so_far() -> None:
-    long = list(range(100, 160))  # 60 clicks: requests carry at most the 50 most recent
+    long = list(range(100, 160))  # 60 clicks
     sessions = [list(range(s * 10, s * 10 + 1 + s % 4)) for s in range(1, 9)]
     behaviour = Behaviour("ok", delay_ms=5.0, record=True)
     with ServerThread(behaviour) as url:
@@ -98,6 +98,15 @@ def test_sessions_are_replayed_in_order_with_the_session_so_far() -> None:
     for s in sessions:
         assert [r for r in received if r[0] == s[0]] == [s[: i + 1] for i in range(len(s))]
     long_requests = [r for r in received if r[-1] in long]
+    assert len(long_requests) == 60 and long_requests[-1] == long  # the whole session so far: the server cuts
+
+
+def test_max_session_items_sends_only_the_most_recent_clicks() -> None:
+    long = list(range(100, 160))
+    behaviour = Behaviour("ok", delay_ms=1.0, record=True)
+    with ServerThread(behaviour) as url:
+        run(url, tick_targets(100, 1, 1), iter([long] + [[7]] * 1000), max_items=50)
+    long_requests = [r for r in behaviour.sessions[2:] if r[-1] in long]
     assert len(long_requests) == 60
     assert long_requests[-1] == long[-50:] and max(map(len, long_requests)) == 50
 
