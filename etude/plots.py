@@ -16,23 +16,12 @@ from typing import Any
 from etude.resultset import RunResult
 
 Timeline = dict[str, list[float]]
-_PERCENTILE_COLUMNS = {50.0: "p50_ms", 90.0: "p90_ms", 99.0: "p99_ms"}
 
 
-def slo_column(percentile: float) -> str:
-    """The timeline column to judge an SLO percentile by: that one, else the next higher one (conservative)."""
-    for p, column in sorted(_PERCENTILE_COLUMNS.items()):
-        if percentile <= p:
-            return column
-    return "p99_ms"
-
-
-def first_violation(timeline: Timeline, slo_percentile: float, slo_ms: float) -> int | None:
-    """The first second whose window percentile exceeds the SLO or that has errors; None when there is none."""
-    column = timeline[slo_column(slo_percentile)]
-    errors = timeline.get("errors", [0.0] * len(column))
-    for second, latency_ms, errs in zip(timeline["second"], column, errors, strict=True):
-        if (not math.isnan(latency_ms) and latency_ms > slo_ms) or (not math.isnan(errs) and errs > 0):
+def first_violation(timeline: Timeline) -> int | None:
+    """The first second the load generator marked as violating the SLO (`slo_violated`); None when none did."""
+    for second, violated in zip(timeline["second"], timeline["slo_violated"], strict=True):
+        if violated:
             return int(second)
     return None
 
@@ -65,7 +54,7 @@ def latency_throughput(run: RunResult, timeline: Timeline, path: Path) -> int | 
     """Fig. 4 for one run; returns the first violating second (None when the SLO held throughout)."""
     plt = _pyplot()
     spec = run.summary.spec
-    violation = first_violation(timeline, spec.slo_percentile, spec.slo_ms)
+    violation = first_violation(timeline)
     seconds = timeline["second"]
     fig, (ax_lat, ax_rps) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
     for column, style in (("p50_ms", ":"), ("p90_ms", "-"), ("p99_ms", "--")):

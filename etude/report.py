@@ -217,7 +217,8 @@ def _timeline_section(runs: list[RunResult], staging: Path) -> list[str]:
         name = f"{FIGURES_DIR}/fig4-{_slug(run.stack)}-{_slug(spec.run_id or 'run')}-{_slug(run.label)}.png"
         violation = plots.latency_throughput(run, timeline, staging / name)
         if violation is None:
-            md += [f"The SLO (p{spec.slo_percentile:g} <= {spec.slo_ms:g} ms, no errors) held every second.", ""]
+            slo = f"p{spec.slo_percentile:g} <= {spec.slo_ms:g} ms, no errors, nothing held back"
+            md += [f"The SLO ({slo}) held every second.", ""]
         else:
             i = [int(s) for s in timeline["second"]].index(violation)
             md += [f"First SLO violation at second {violation}, at a target of {timeline['target_rps'][i]:,.0f} rps.",

@@ -39,6 +39,10 @@ TIMELINE_COLUMNS = {
     "p50_ms": "float64",  # window percentiles of requests completed in this tick (NaN when none)
     "p90_ms": "float64",
     "p99_ms": "float64",
+    # the one per-second SLO rule (loadgen/results.py): errors, held-back sends, or the window's SLO percentile
+    # (from the intended send) above the SLO. `max_rps_within_slo` is the highest target of an answered second
+    # without it; the report marks the first second with it.
+    "slo_violated": "bool",
 }
 
 

@@ -185,7 +185,8 @@ def read_timeline(run: RunResult) -> dict[str, list[float]] | None:
     except Exception as err:  # noqa: BLE001 - a missing timeline costs the plot, not the report
         log.warning("no timeline for %s: %s", run.uri, err)
         return None
-    missing = [c for c in ("second", "target_rps", "p50_ms", "p90_ms", "p99_ms") if c not in table.column_names]
+    missing = [c for c in ("second", "target_rps", "p50_ms", "p90_ms", "p99_ms", "slo_violated")
+               if c not in table.column_names]
     if missing:
         log.warning("timeline of %s lacks columns %s", run.uri, ", ".join(missing))
         return None

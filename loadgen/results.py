@@ -132,21 +132,19 @@ def summarize(
     order = np.argsort(done_tick, kind="stable")
     bounds = np.searchsorted(done_tick[order], np.arange(n_ticks + 1))
     max_rps = 0.0
+    violated: list[bool] = []
     for tick in range(n_ticks):
         lat = from_intended_ms[order[bounds[tick] : bounds[tick + 1]]]
         for q, name in ((50, "p50_ms"), (90, "p90_ms"), (99, "p99_ms")):
             window[name].append(percentile(lat, q))
-        if (
-            len(lat)
-            and tick_ok[tick]
-            and not tick_err[tick]
-            and not tick_held[tick]
-            and percentile(lat, spec.slo_percentile) <= spec.slo_ms
-        ):
+        too_slow = bool(len(lat)) and percentile(lat, spec.slo_percentile) > spec.slo_ms
+        violated.append(bool(tick_err[tick] or tick_held[tick] or too_slow))
+        if len(lat) and tick_ok[tick] and not violated[-1]:
             max_rps = max(max_rps, float(tick_target[tick]))
     timeline = counts
     for name, values in window.items():
         timeline = timeline.append_column(name, pa.array(values, pa.float64()))
+    timeline = timeline.append_column("slo_violated", pa.array(violated, pa.bool_()))
     timeline = timeline.select(list(TIMELINE_COLUMNS)).cast(_schema(TIMELINE_COLUMNS))
 
     hold_ticks = [t for t in range(n_ticks) if is_hold_tick(t, spec.ramp_seconds, spec.hold_seconds)]

@@ -97,6 +97,8 @@ def test_summary_definitions_on_a_known_run() -> None:
     assert summary.latency_ms is not None and summary.latency_ms.p50 == 30 and summary.latency_ms.max == 60
     assert timeline.column_names == list(TIMELINE_COLUMNS) and requests.column_names == list(REQUEST_COLUMNS)
     assert timeline.column("p90_ms").to_pylist()[:5] == [10, 20, 60, 30, 30]
+    # the per-second rule the report marks: too slow at second 2, an error at second 4
+    assert timeline.column("slo_violated").to_pylist()[:5] == [False, False, True, False, True]
 
 
 def test_a_tick_with_held_back_sends_does_not_count_as_sustained() -> None:

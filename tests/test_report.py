@@ -73,7 +73,7 @@ def write_run(
     }  # fmt: skip
     (folder / SUMMARY_FILE).write_text(json.dumps(summary))
     if timeline is not None:
-        arrays = {c: pa.array(timeline[c], type=getattr(pa, t)()) for c, t in TIMELINE_COLUMNS.items()}
+        arrays = {c: pa.array(timeline[c], type=pa.type_for_alias(t)) for c, t in TIMELINE_COLUMNS.items()}
         pq.write_table(pa.table(arrays), folder / TIMELINE_FILE)
     return folder
 
@@ -89,9 +89,10 @@ def ramp_timeline(target_rps: int, seconds: int, *, slow_from_rps: float | None,
             "second": s, "target_rps": rate, "sent": rate, "completed": rate, "ok": rate, "held_back": 0,
             "in_flight": 1, "errors": 3 if s == errors_at else 0,
             "p50_ms": 40.0 if slow else 5.0, "p90_ms": 80.0 if slow else 10.0, "p99_ms": 120.0 if slow else 20.0,
+            "slo_violated": slow or s == errors_at,
         }  # fmt: skip
         for c, v in values.items():
-            cols[c].append(float(v))
+            cols[c].append(v if isinstance(v, bool) else float(v))
     return cols
 
 
@@ -147,10 +148,10 @@ def test_replicas_needed_edges() -> None:
     assert capacity.replicas_needed(100, 100 / (capacity.MAX_REPLICAS + 1)) is None
 
 
-def test_first_violation_is_the_first_slow_or_failing_second() -> None:
-    assert first_violation(ramp_timeline(100, 10, slow_from_rps=41), 90, 50) == 4  # ceil(100*5/10) = 50 >= 41
-    assert first_violation(ramp_timeline(100, 10, slow_from_rps=None), 90, 50) is None
-    assert first_violation(ramp_timeline(100, 10, slow_from_rps=None, errors_at=7), 90, 50) == 7
+def test_first_violation_is_the_first_second_the_load_generator_marked() -> None:
+    assert first_violation(ramp_timeline(100, 10, slow_from_rps=41)) == 4  # ceil(100*5/10) = 50 >= 41
+    assert first_violation(ramp_timeline(100, 10, slow_from_rps=None)) is None
+    assert first_violation(ramp_timeline(100, 10, slow_from_rps=None, errors_at=7)) == 7
 
 
 def test_report_end_to_end(shop: Path, tmp_path: Path) -> None:
@@ -249,7 +250,7 @@ def test_timeline_columns_round_trip(tmp_path: Path) -> None:
     """The hand-made timelines use exactly the contract's columns and types."""
     write_run(tmp_path / "r", timeline=ramp_timeline(10, 3, slow_from_rps=None))
     table = pq.read_table(tmp_path / "r" / TIMELINE_FILE)
-    assert table.schema == pa.schema([(c, getattr(pa, t)()) for c, t in TIMELINE_COLUMNS.items()])
+    assert table.schema == pa.schema([(c, pa.type_for_alias(t)) for c, t in TIMELINE_COLUMNS.items()])
     assert json.loads((tmp_path / "r" / SUMMARY_FILE).read_text())["spec"]["stack"] == "shop"
 
 
