@@ -84,10 +84,3 @@ INSTANCE_TYPES: dict[str, InstanceType] = {
     )
 }
 
-
-def instance_type(name: str) -> InstanceType:
-    """The catalog entry for `name`; a KeyError naming the known types otherwise."""
-    try:
-        return INSTANCE_TYPES[name]
-    except KeyError:
-        raise KeyError(f"unknown instance type {name!r}; known: {', '.join(INSTANCE_TYPES)}") from None

@@ -45,6 +45,12 @@ TIMELINE_COLUMNS = {
     "slo_violated": "bool",
 }
 
+# microbench.csv (etude microbench, read by etude report): one row per model x runtime x device x catalog size
+MICROBENCH_FILE = "microbench.csv"
+MICROBENCH_COLUMNS = (
+    "model", "runtime", "device", "catalog_size", "embedding_dim", "requests", "p50_ms", "p90_ms", "mean_ms",
+)  # fmt: skip
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="ignore")

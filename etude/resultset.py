@@ -18,14 +18,19 @@ from typing import Any
 from pydantic import ValidationError
 
 from etude import storage
-from etude.results import SUMMARY_FILE, TIMELINE_COLUMNS, TIMELINE_FILE, Summary
+from etude.results import (
+    MICROBENCH_COLUMNS,
+    MICROBENCH_FILE,
+    SUMMARY_FILE,
+    TIMELINE_COLUMNS,
+    TIMELINE_FILE,
+    Summary,
+)
 
 log = logging.getLogger(__name__)
 
-MICROBENCH_FILE = "microbench.csv"
 LOCAL_RUN_FILE = "local-run.json"  # written by `etude local`: every variant's status, including those without results
-MICROBENCH_COLUMNS = ("model", "runtime", "device", "catalog_size", "embedding_dim", "requests", "p50_ms", "p90_ms",
-                      "mean_ms")
+
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "0.0.0.0")
 
 

@@ -46,9 +46,6 @@ BUILTIN_MODELS = (
     "stamp",
 )
 RUNTIMES = ("eager", "jit")
-# Fitted workload statistics (scipy.stats.powerlaw a, loc, scale) from the ETUDE repository, see DESIGN.md.
-PRESETS = ("bolcom", "rsc15")
-MAX_SESSION_LENGTH = 50
 
 
 class SpecError(UsageError, ValueError):

@@ -91,6 +91,21 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise StorageError(f"cannot write {uri}: {_reason(err)}") from err
 
 
+def delete(uri: str) -> None:
+    """Remove `uri` if it is there."""
+    try:
+        if is_gcs(uri):
+            blob = _blob(uri)
+            if blob.exists():
+                blob.delete()
+        else:
+            Path(uri).unlink(missing_ok=True)
+    except StorageError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise StorageError(f"cannot remove {uri}: {_reason(err)}") from err
+
+
 def exists(uri: str) -> bool:
     try:
         if is_gcs(uri):

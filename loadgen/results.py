@@ -211,18 +211,6 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def _delete(uri: str) -> None:
-    try:
-        if storage.is_gcs(uri):
-            blob = storage._blob(uri)
-            if blob.exists():
-                blob.delete()
-        else:
-            Path(uri).unlink(missing_ok=True)
-    except Exception as err:  # noqa: BLE001 - every backend failure becomes one clear error
-        raise storage.StorageError(f"cannot remove {uri}: {err}") from err
-
-
 def check_writable(out: str) -> None:
     """Fail early (UsageError) when `out` cannot take results: write and remove a probe object."""
     if not storage.is_gcs(out) and Path(out).exists() and not Path(out).is_dir():
@@ -230,7 +218,7 @@ def check_writable(out: str) -> None:
     created = None if storage.is_gcs(out) else _first_missing(Path(out))
     probe = storage.join(out, f".write-probe-{os.getpid()}")
     storage.write_bytes(probe, b"")
-    _delete(probe)
+    storage.delete(probe)
     if created is not None:  # leave no empty folders behind: `write` makes them again
         for folder in [Path(out), *Path(out).parents]:
             try:
@@ -253,7 +241,7 @@ def _first_missing(path: Path) -> Path | None:
 
 def write(out: str, summary: Summary, requests: pa.Table, timeline: pa.Table) -> None:
     """Write a run folder; summary.json last (readers treat it as 'complete')."""
-    _delete(storage.join(out, SUMMARY_FILE))
+    storage.delete(storage.join(out, SUMMARY_FILE))
     storage.write_bytes(storage.join(out, REQUESTS_FILE), _parquet_bytes(requests))
     storage.write_bytes(storage.join(out, TIMELINE_FILE), _parquet_bytes(timeline))
     storage.write_bytes(storage.join(out, SUMMARY_FILE), summary.model_dump_json(indent=2).encode())
@@ -290,7 +278,7 @@ def shard_dir(out: str, shard: int) -> str:
 
 def remove_summary(out: str) -> None:
     """Remove a run folder's summary.json, so that nobody takes a previous run's for this one's."""
-    _delete(storage.join(out, SUMMARY_FILE))
+    storage.delete(storage.join(out, SUMMARY_FILE))
 
 
 def wait_for_shards(

@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 
 from etude.errors import UsageError
+from etude.results import MICROBENCH_COLUMNS, MICROBENCH_FILE
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS = ("model", "runtime", "device", "catalog_size", "embedding_dim", "requests", "p50_ms", "p90_ms", "mean_ms")
 K = 21  # the paper's number of recommendations
 WARMUP_REQUESTS = 3
 # From this catalog size on, each model is measured in a fresh process: a frozen TorchScript module's weights are
@@ -207,7 +207,7 @@ def run(
                     cell.p90_ms,
                     meta["bound_ms"][str(c)],
                 )
-            write_csv(cells, out / "microbench.csv")
+            write_csv(cells, out / MICROBENCH_FILE)
     (out / "microbench.json").write_text(json.dumps(meta, indent=2) + "\n")
     plot(cells, out / "microbench.png")
     return cells
@@ -216,7 +216,7 @@ def run(
 def write_csv(cells: Sequence[Cell], path: Path) -> None:
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=MICROBENCH_COLUMNS)
         writer.writeheader()
         for cell in cells:
             writer.writerow(asdict(cell))

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from etude.cli import main
-from models.microbench import CSV_COLUMNS, synthetic_sessions
+from etude.results import MICROBENCH_COLUMNS
+from models.microbench import synthetic_sessions
 
 
 def test_tiny_run_writes_csv_plot_and_bound(tmp_path: Path) -> None:
@@ -37,7 +38,7 @@ def test_tiny_run_writes_csv_plot_and_bound(tmp_path: Path) -> None:
     )
     with (out / "microbench.csv").open() as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames or ()) == CSV_COLUMNS
+        assert tuple(reader.fieldnames or ()) == MICROBENCH_COLUMNS
         rows = list(reader)
     assert {(r["model"], r["runtime"], r["catalog_size"]) for r in rows} == {
         (m, r, c) for m in ("gru4rec", "noop") for r in ("eager", "jit") for c in ("100", "1000")
