@@ -33,7 +33,7 @@ from components.manifests import (
     shard_arg,
 )
 from components.results import VariantResults
-from etude.commands import export_command, loadgen_command, model_uri, results_uri, serve_command
+from etude.commands import export_command, loadgen_command, model_uri, results_uri, run_root, serve_command
 from etude.spec import Experiment, Variant
 
 SERVER_TIMEOUT = "30m"  # GPU nodes on Autopilot take minutes, a 20M-item model takes minutes to export and load
@@ -75,7 +75,7 @@ class EtudeExperiment(pulumi.ComponentResource):
 
         self.results = Output.all(**{k: r.metrics for k, r in self.variant_results.items()})
         self.cheapest_within_slo = self.results.apply(cheapest_within_slo)
-        self.results_root = runs_root.apply(lambda r: f"{r}/{exp.stack}/{exp.run_id}")
+        self.results_root = runs_root.apply(lambda r: run_root(exp, r))
         self.register_outputs({
             "results": self.results,
             "cheapestWithinSlo": self.cheapest_within_slo,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pulumi_kubernetes as k8s
 from pulumi import Input
 
-from etude.commands import SERVER_PORT, loadgen_shards
+from etude.commands import PING_PATH, SERVER_PORT, loadgen_shards
 from etude.spec import Experiment, Variant
 
 apps = k8s.apps.v1
@@ -157,7 +157,7 @@ def server_deployment(
         # Ready = model loaded and warmed up. No liveness probe: an overloaded server answers slowly by design
         # and must not be restarted in the middle of a measurement.
         readiness_probe=core.ProbeArgs(
-            http_get=core.HTTPGetActionArgs(path="/ping", port=SERVER_PORT),
+            http_get=core.HTTPGetActionArgs(path=PING_PATH, port=SERVER_PORT),
             period_seconds=5,
             timeout_seconds=2,
             failure_threshold=3,

@@ -11,6 +11,10 @@ import math
 from etude.spec import Experiment, Variant
 
 SERVER_PORT = 8080
+# The server's HTTP API (DESIGN.md): readiness, recommendations, and the number of items asked for by default.
+PING_PATH = "/ping"
+RECOMMEND_PATH = "/v1/recommend"
+DEFAULT_K = 21
 MAX_BATCH_SIZE = 1024  # the paper's batching settings: up to 1,024 requests, flushed every 2 ms
 MAX_DELAY_MS = 2.0
 LOADGEN_RPS_PER_POD = 2000  # one load-generator process sustains more (docs/benchmarks.md); keep headroom
@@ -24,9 +28,14 @@ def model_uri(exp: Experiment, variant: Variant, models_root: str) -> str:
     return f"{models_root.rstrip('/')}/{variant.model}-c{sc.catalog_size}-{variant.runtime}-s{sc.seed}.pt"
 
 
+def run_root(exp: Experiment, results_root: str) -> str:
+    """Where this run's results go: `<root>/<stack>/<runId>`."""
+    return f"{results_root.rstrip('/')}/{exp.stack}/{exp.run_id}"
+
+
 def results_uri(exp: Experiment, variant: Variant, results_root: str) -> str:
     """Where one variant's results of this run go: `<root>/<stack>/<runId>/<variant>`."""
-    return f"{results_root.rstrip('/')}/{exp.stack}/{exp.run_id}/{variant.key}"
+    return f"{run_root(exp, results_root)}/{variant.key}"
 
 
 def export_command(exp: Experiment, variant: Variant, out: str) -> list[str]:

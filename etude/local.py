@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -245,7 +244,7 @@ class LocalRun:
                           "instance_type": o.variant.instance_type, "status": o.status, "reason": o.reason,
                           "results": o.results} for o in outcomes],
         }
-        uri = storage.join(self.out, self.exp.stack, self.exp.run_id, LOCAL_RUN_FILE)
+        uri = storage.join(commands.run_root(self.exp, self.out), LOCAL_RUN_FILE)
         try:
             storage.write_bytes(uri, json.dumps(record, indent=2).encode())
         except storage.StorageError as err:
@@ -352,8 +351,9 @@ class LocalRun:
             log.info("variant %s done: results in %s", v.key, outcome.results)
 
     def _target_at(self, elapsed_s: float) -> int:
-        target, tick = self.exp.scenario.target_rps, int(elapsed_s)
-        return target if tick >= self.ramp_s else max(1, math.ceil(target * (tick + 1) / self.ramp_s))
+        from loadgen.schedule import rate_at
+
+        return rate_at(elapsed_s, self.exp.scenario.target_rps, self.ramp_s, self.hold_s)
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def _fail(self, outcome: Outcome, reason: str, log_tail: str, log_path: Path) -> None:

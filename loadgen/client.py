@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from etude.commands import DEFAULT_K, PING_PATH, RECOMMEND_PATH
 from etude.errors import UsageError
 
 if TYPE_CHECKING:
@@ -34,8 +35,6 @@ ERROR_KINDS = {
     ERROR: "error",
 }
 JSON_HEADERS = {"Content-Type": "application/json"}
-RECOMMEND_PATH = "/v1/recommend"
-K = 21
 
 
 def recommend_url(base_url: str) -> Any:
@@ -135,7 +134,7 @@ async def wait_ready(http: aiohttp.ClientSession, base_url: str, deadline_s: flo
     while True:
         attempt += 1
         try:
-            async with http.get(f"{base_url}/ping", timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
+            async with http.get(f"{base_url}{PING_PATH}", timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
                 await resp.read()
                 if resp.status == OK:
                     log.info("target %s is ready (after %d checks)", base_url, attempt)
@@ -163,7 +162,7 @@ async def warm_up(http: aiohttp.ClientSession, url: Any, catalog_size: int, requ
     async def one(i: int) -> None:
         session = [(i * 7919 + j) % catalog_size for j in range(1 + i % 5)]
         async with sem:
-            answer = await recommend(http, url, json.dumps({"session": session, "k": K}).encode())
+            answer = await recommend(http, url, json.dumps({"session": session, "k": DEFAULT_K}).encode())
         name = status_name(answer.status)
         statuses[name] = statuses.get(name, 0) + 1
 

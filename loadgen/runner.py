@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from etude.commands import DEFAULT_K
 from loadgen import client
-from loadgen.schedule import NS_PER_S
+from loadgen.schedule import NS_PER_S, slot_ns
 
 if TYPE_CHECKING:
     import aiohttp
@@ -125,6 +126,7 @@ class Runner:
         self._stop = False
         self._exhausted = False
         self._late = 0
+        self._crash: BaseException | None = None  # a request task that failed in our own code
 
     def stop(self) -> None:
         """Stop sending (signal handler): answers in flight get `stop_grace_s`, then the run ends as partial."""
@@ -144,6 +146,8 @@ class Runner:
         sending_s = self._now() / 1e9
         cpu_s = (time.process_time_ns() - cpu0_ns) / 1e9
         await self._drain(cfg.stop_grace_s if self._stop or self._exhausted else cfg.timeout_s + 1.0)
+        if self._crash is not None:  # a bug, not a result: never report a run that silently lost requests
+            raise RuntimeError("a request task failed; the run is not valid") from self._crash
         stopped = self._stop or self._exhausted  # a stop during the drain also cuts answers short
         duration_s = (time.perf_counter_ns() - self._t0_ns) / 1e9
         log.info(
@@ -190,7 +194,7 @@ class Runner:
             sent = 0
             held = False  # backpressure made this tick wait at least once
             for slot in range(rate):
-                due = tick * NS_PER_S + slot * NS_PER_S // rate
+                due = slot_ns(tick, slot, rate)
                 now = await self._wait_until(due)
                 while len(self._in_flight) >= rate and now < tick_end and not self._stop:
                     held = True
@@ -234,8 +238,14 @@ class Runner:
             return False
         task = asyncio.get_running_loop().create_task(self._request(*click, due_ns))
         self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(self._done)
         return True
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._crash is None:
+            self._crash = task.exception()
+            self._stop = True
 
     def _next_click(self) -> tuple[int, list[int], int] | None:
         if self._ready:
@@ -257,7 +267,7 @@ class Runner:
     async def _request(self, sid: int, items: list[int], position: int, due_ns: int) -> None:
         first = 0 if self.config.max_items is None else max(0, position + 1 - self.config.max_items)
         window = items[first : position + 1]
-        body = json.dumps({"session": window, "k": client.K}).encode()
+        body = json.dumps({"session": window, "k": DEFAULT_K}).encode()
         sent_ns = self._now()
         self._ticks.add("sent", sent_ns // NS_PER_S)
         assert self._http is not None

@@ -9,7 +9,6 @@ evenly spread send slots: slot i of tick k is due at k s + i/r_c s.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 NS_PER_S = 1_000_000_000
 
@@ -40,11 +39,6 @@ def tick_targets(target_rps: int, ramp_seconds: int, hold_seconds: int) -> list[
 def slot_ns(tick: int, slot: int, rate: int) -> int:
     """When slot `slot` of a tick with `rate` evenly spread slots is due, in ns since the start."""
     return tick * NS_PER_S + slot * NS_PER_S // rate
-
-
-def slots(tick: int, rate: int) -> Iterator[int]:
-    """The due times (ns since the start) of all slots of a tick."""
-    return (slot_ns(tick, i, rate) for i in range(rate))
 
 
 def shard_rate(target_rps: int, shard: int, shards: int) -> int:

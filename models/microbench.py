@@ -33,12 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from etude.commands import DEFAULT_K
 from etude.errors import UsageError
 from etude.results import MICROBENCH_COLUMNS, MICROBENCH_FILE
 
 log = logging.getLogger(__name__)
 
-K = 21  # the paper's number of recommendations
 WARMUP_REQUESTS = 3
 # From this catalog size on, each model is measured in a fresh process: a frozen TorchScript module's weights are
 # constants of its graph, which lives in torch's global compilation unit and is never freed (2.3 GB at C = 10M).
@@ -95,7 +95,7 @@ def synthetic_sessions(catalog_size: int, n: int, seed: int, max_len: int = 50) 
     return [np.asarray(next(it), dtype=np.int64)[-max_len:] for _ in range(n)]
 
 
-def time_requests(module: Any, sessions: Sequence[np.ndarray], device: str, k: int = K) -> np.ndarray:
+def time_requests(module: Any, sessions: Sequence[np.ndarray], device: str, k: int = DEFAULT_K) -> np.ndarray:
     """Serial calls, one session each; returns each call's latency in ms."""
     import torch
 
@@ -169,7 +169,7 @@ def run(
         "device": _device_name(device),
         "threads": torch.get_num_threads(),
         "read_bandwidth_gbs": round(bandwidth, 2),
-        "k": K,
+        "k": DEFAULT_K,
         "bound_ms": {},
     }
     for c in catalog_sizes:

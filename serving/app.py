@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from etude.commands import PING_PATH, RECOMMEND_PATH
 from etude.errors import UsageError
 from serving.batcher import DynamicBatcher, short_reason
 from serving.errors import NotReady, PayloadTooLarge, ServingError
@@ -28,7 +29,6 @@ from serving.protocol import parse_query
 
 log = logging.getLogger(__name__)
 
-RECOMMEND_PATH = "/v1/recommend"
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 JSON = "application/json"
 
@@ -102,7 +102,7 @@ class InferenceServer:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes)
-        app.router.add_get("/ping", self._answering_errors(self.ping))
+        app.router.add_get(PING_PATH, self._answering_errors(self.ping))
         app.router.add_post(RECOMMEND_PATH, self._answering_errors(self.recommend, count=True))
         app.router.add_get("/metrics", self.metrics_page)
         return app

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from etude.commands import DEFAULT_K
 from etude.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_K = 21
 WARMUP_PASSES = 3  # per shape; TorchScript's profiling executor optimises a graph after its first runs
 WARMUP_BUDGET_S = 20.0  # beyond this, larger batch sizes are not warmed up
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from etude.commands import DEFAULT_K
 from serving.errors import InvalidRequest
-from serving.model import DEFAULT_K, Query
+from serving.model import Query
 
 
 def parse_query(body: bytes, *, catalog_size: int, max_session_length: int) -> Query:
