@@ -121,26 +121,38 @@ def infrastructure_test(runs: Sequence[tuple[RunResult, Timeline]], path: Path) 
 
 
 def microbench(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Fig. 3: p90 latency of serial requests vs catalog size, log-log, one line per model x runtime x device."""
+    """Fig. 3: p90 latency of serial requests vs catalog size, log-log; a panel per model, a line per runtime
+    (and device, when the rows hold several)."""
+    import math
+
     plt = _pyplot()
-    series: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
-    for row in rows:
-        series.setdefault((row["model"], row["runtime"], row["device"]), []).append((row["catalog_size"],
-                                                                                     row["p90_ms"]))
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for (model, runtime, device), points in sorted(series.items()):
-        points.sort()
-        style = "-" if runtime == "jit" else "--"
-        ax.plot([c for c, _ in points], [p for _, p in points], style, marker="o" if device == "cpu" else "s",
-                label=f"{model} {runtime} {device}")
-    ax.set_xscale("log")
-    _log_ms_axis(ax)
-    ax.set_xlabel("catalog size C (items)")
-    ax.set_ylabel("p90 latency of a serial request (ms)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small", ncol=2)
-    ax.set_title("Micro-benchmark: inference latency vs catalog size")
+    names = sorted({row["model"] for row in rows})
+    devices = sorted({row["device"] for row in rows})
+    cols = min(4, len(names))
+    nrows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False, sharex=True)
+    styles = {"python": "^:", "eager": "o--", "jit": "s-"}
+    for ax, name in zip(axes.flat, names, strict=False):
+        series: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        for row in rows:
+            if row["model"] == name:
+                series.setdefault((row["runtime"], row["device"]), []).append((row["catalog_size"], row["p90_ms"]))
+        for (runtime, device), points in sorted(series.items()):
+            label = runtime if len(devices) == 1 else f"{runtime} {device}"
+            ax.plot(*zip(*sorted(points), strict=True), styles.get(runtime, "x-"), label=label, markersize=4)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in axes.flat[len(names) :]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("catalog size")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("p90 latency (ms)")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"Serial inference latency vs catalog size ({', '.join(devices)})", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=120)
     plt.close(fig)

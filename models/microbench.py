@@ -209,7 +209,9 @@ def run(
                 )
             write_csv(cells, out / MICROBENCH_FILE)
     (out / "microbench.json").write_text(json.dumps(meta, indent=2) + "\n")
-    plot(cells, out / "microbench.png")
+    from etude.plots import microbench as plot_microbench
+
+    plot_microbench([asdict(c) for c in cells], out / "microbench.png")
     return cells
 
 
@@ -222,39 +224,6 @@ def write_csv(cells: Sequence[Cell], path: Path) -> None:
             writer.writerow(asdict(cell))
     tmp.replace(path)
 
-
-def plot(cells: Sequence[Cell], path: Path) -> None:
-    """Log-log p90 latency vs catalog size, one panel per model, one line per runtime (paper Fig. 3)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = sorted({c.model for c in cells})
-    cols = min(4, len(names))
-    rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharex=True)
-    for ax, name in zip(axes.flat, names, strict=False):
-        for runtime, style in (("python", "^:"), ("eager", "o--"), ("jit", "s-")):
-            pts = sorted((c.catalog_size, c.p90_ms) for c in cells if c.model == name and c.runtime == runtime)
-            if pts:
-                ax.plot(*zip(*pts, strict=True), style, label=runtime, markersize=4)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(name, fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-    for ax in axes.flat[len(names) :]:
-        ax.axis("off")
-    for ax in axes[-1]:
-        ax.set_xlabel("catalog size")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("p90 latency (ms)")
-    axes.flat[0].legend(fontsize=8)
-    device = cells[0].device if cells else ""
-    fig.suptitle(f"Serial inference latency vs catalog size ({device}, {platform.machine()})", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _sync(device: str) -> None:
