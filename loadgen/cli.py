@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from etude.errors import UsageError
+from loadgen.workload_cli import add_workload_args, check_clicklog_alone, laws_from_args
 
 if TYPE_CHECKING:
     import asyncio
@@ -48,11 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--target-rps", type=int, required=True, help="r: requests per second at the end of the ramp")
     p.add_argument("--ramp-seconds", type=int, default=600, help="ticks of the linear ramp to r (>= 1)")
     p.add_argument("--hold-seconds", type=int, default=60, help="ticks at r after the ramp (>= 0)")
-    w = p.add_mutually_exclusive_group(required=True)
-    w.add_argument("--preset", help="synthetic sessions with a fitted preset (bolcom, rsc15)")
-    w.add_argument("--alpha-length", type=float, help="synthetic sessions: session-length exponent")
-    w.add_argument("--clicklog", help="replay a real click log (ids mapped onto [0, C)), starting over at its end")
-    p.add_argument("--alpha-clicks", type=float, help="synthetic sessions: item-clicks exponent")
+    add_workload_args(p, clicklog=True)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--slo-ms", type=float, default=50.0)
     p.add_argument("--slo-percentile", type=float, default=90.0)
@@ -129,12 +126,15 @@ def validate(args: argparse.Namespace) -> None:
         (args.max_session_items is None or args.max_session_items >= 1,
          f"--max-session-items {args.max_session_items}: must be >= 1"),
         (args.replicas >= 1, f"--replicas {args.replicas}: must be >= 1"),
-        (args.alpha_clicks is None or args.alpha_length is not None, "--alpha-clicks needs --alpha-length"),
-        (args.alpha_length is None or args.alpha_clicks is not None, "--alpha-length needs --alpha-clicks"),
     ]
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    check_clicklog_alone(args)
+    if args.clicklog is None and (args.preset, args.alpha_length, args.alpha_clicks) == (None, None, None):
+        raise UsageError("give a workload: --preset bolcom|rsc15, --alpha-length with --alpha-clicks, or --clicklog")
+    if args.clicklog is None:
+        laws_from_args(args)  # the synthetic workload's flags, checked before anything starts
 
 
 def workload_spec(args: argparse.Namespace) -> dict[str, object]:
@@ -150,13 +150,12 @@ def sessions(args: argparse.Namespace, shard: Shard) -> Iterator[np.ndarray]:
     shards together replay exactly the unsharded stream, with the same catalog popularity."""
     from itertools import islice
 
-    from loadgen.workload import SyntheticWorkload, clicklog_sessions, workload_laws
+    from loadgen.workload import SyntheticWorkload, clicklog_sessions
 
     if args.clicklog is not None:
         stream = clicklog_sessions(args.clicklog, args.catalog_size, loop=True)
     else:
-        laws = workload_laws(args.preset, args.alpha_length, args.alpha_clicks)
-        stream = SyntheticWorkload(args.catalog_size, *laws, seed=args.seed).sessions()
+        stream = SyntheticWorkload(args.catalog_size, *laws_from_args(args), seed=args.seed).sessions()
     return islice(stream, shard.index, None, shard.count)
 
 

@@ -29,12 +29,22 @@ WORKLOAD_HELP = (
 )
 
 
-def add_workload_args(parser: argparse.ArgumentParser) -> None:
-    """--preset | --alpha-length + --alpha-clicks (checked by `laws_from_args`)."""
+def add_workload_args(parser: argparse.ArgumentParser, *, clicklog: bool = False) -> None:
+    """--preset | --alpha-length + --alpha-clicks (checked by `laws_from_args`), and with `clicklog` the
+    alternative of replaying a real log (--clicklog, exclusive with the others: `check_clicklog_alone`)."""
     group = parser.add_argument_group("workload", WORKLOAD_HELP)
     group.add_argument("--preset", help="bolcom or rsc15")
     group.add_argument("--alpha-length", type=float, metavar="A", help="exponent of the session-length law")
     group.add_argument("--alpha-clicks", type=float, metavar="B", help="exponent of the per-item click-count law")
+    if clicklog:
+        group.add_argument("--clicklog", metavar="FILE", help="replay a real click log (CSV/Parquet with "
+                           "session_id, item_id; ids mapped onto [0, C)), starting over at its end")
+
+
+def check_clicklog_alone(args: argparse.Namespace) -> None:
+    """A click log replaces the synthetic workload: UsageError when both are given."""
+    if args.clicklog is not None and (args.preset, args.alpha_length, args.alpha_clicks) != (None, None, None):
+        raise UsageError("give either --clicklog or a synthetic workload (--preset / --alpha-*), not both")
 
 
 def laws_from_args(args: argparse.Namespace) -> Any:

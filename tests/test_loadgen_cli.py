@@ -109,6 +109,8 @@ def test_clicklog_workload_and_gcs_output(tmp_path: Path, gcs_bucket: str) -> No
         ({"--shard": "one/two"}, "--shard"),
         ({"--shard": "45/50"}, "below the shard count"),
         ({"--preset": "nope"}, "unknown preset"),
+        ({"--clicklog": "clicks.csv"}, "not both"),
+        ({"--alpha-clicks": "1.5"}, "not both"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
