@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -52,11 +52,16 @@ class SpecError(UsageError, ValueError):
     """Invalid experiment config; the message names key, value and what is allowed."""
 
 
-class _Model(BaseModel):
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigModel(BaseModel):
+    """Config values: camelCase keys in the stack file, unknown keys refused."""
+
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
-class Workload(_Model):
+class Workload(ConfigModel):
     """Exactly one of: a preset, a pair of power-law exponents, or a click log to replay."""
 
     preset: Literal["bolcom", "rsc15"] | None = None
@@ -82,12 +87,12 @@ class Workload(_Model):
         return ["--alpha-length", str(self.alpha_length), "--alpha-clicks", str(self.alpha_clicks)]
 
 
-class Slo(_Model):
+class Slo(ConfigModel):
     percentile: float = Field(default=90.0, gt=0.0, lt=100.0)
     latency_ms: float = Field(default=50.0, gt=0.0)
 
 
-class Scenario(_Model):
+class Scenario(ConfigModel):
     catalog_size: int = Field(ge=1, le=1_000_000_000)
     target_rps: int = Field(ge=1, le=1_000_000)
     ramp_seconds: int = Field(default=600, ge=1, le=86_400)
@@ -105,7 +110,7 @@ class Scenario(_Model):
 _DNS = re.compile(r"[^a-z0-9-]+")
 
 
-class Variant(_Model):
+class Variant(ConfigModel):
     """One deployment option to measure: a model on a runtime, an instance type and a replica count."""
 
     model: str | None = None
@@ -162,7 +167,7 @@ class Variant(_Model):
         return INSTANCE_TYPES[self.instance_type]
 
 
-class Experiment(_Model):
+class Experiment(ConfigModel):
     stack: str
     scenario: Scenario
     variants: tuple[Variant, ...] = Field(min_length=1)
@@ -191,30 +196,43 @@ class Experiment(_Model):
 CONFIG_KEYS = ("scenario", "variants", "platformStack", "runId", "sequential", "prices")
 
 
+def etude_keys(config: Mapping[str, Any], allowed: tuple[str, ...] = CONFIG_KEYS) -> dict[str, Any]:
+    """The `etude:*` values of a stack's config by short key (keys may come with or without the prefix); keys of
+    other namespaces (`gcp:project`, ...) are left out, an unknown `etude:` key is a SpecError naming the allowed."""
+    values: dict[str, Any] = {}
+    for key, value in config.items():
+        ns, _, short = key.rpartition(":")
+        if ns not in ("", NAMESPACE):
+            continue
+        if short not in allowed:
+            raise SpecError(f"{NAMESPACE}:{short}: unknown key; allowed: {', '.join(allowed)}")
+        if value is not None:
+            values[short] = value
+    return values
+
+
+def validate(model: type[M], value: Any, key: str = "") -> M:
+    """`model` from `value` (the config under `etude:<key>`); a SpecError naming key, value and what is allowed."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as err:
+        raise SpecError(describe(err, key)) from None
+
+
 def spec_from_config(stack: str, config: Mapping[str, Any]) -> Experiment:
     """Validate a stack's `etude:*` config (keys with or without the `etude:` prefix) into an Experiment.
 
     Keys outside the `etude` namespace (`gcp:project`, ...) are ignored. Raises SpecError.
     """
-    values: dict[str, Any] = {"stack": stack}
-    for key, value in config.items():
-        ns, _, short = key.rpartition(":")
-        if ns not in ("", NAMESPACE):
-            continue
-        if short not in CONFIG_KEYS:
-            raise SpecError(f"{NAMESPACE}:{short}: unknown key; allowed: {', '.join(CONFIG_KEYS)}")
-        if value is not None:
-            values[short] = value
+    values: dict[str, Any] = {"stack": stack, **etude_keys(config)}
     for required in ("scenario", "variants"):
         if required not in values:
             raise SpecError(f"{NAMESPACE}:{required}: missing; every use-case stack needs it")
-    try:
-        return Experiment.model_validate(values)
-    except ValidationError as err:
-        raise SpecError(_describe(err)) from None
+    return validate(Experiment, values)
 
 
-def _describe(err: ValidationError) -> str:
+def describe(err: ValidationError, key: str = "") -> str:
+    """One line per problem: `etude:<key>.<path> = <value>: <what is allowed>`."""
     lines = []
     errors = err.errors()
     for e in errors:
@@ -222,11 +240,12 @@ def _describe(err: ValidationError) -> str:
         nested = any(len(o["loc"]) > len(e["loc"]) and o["loc"][: len(e["loc"])] == e["loc"] for o in errors)
         if e["type"] == "too_short" and nested:
             continue  # a list emptied by its own invalid items: the items' errors say it
-        key = f"{NAMESPACE}:" + ".".join(loc) if loc else f"{NAMESPACE}:(stack)"
+        path = ".".join([key, *loc] if key else loc)
+        where = f"{NAMESPACE}:{path}" if path else f"{NAMESPACE}:(stack)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{key} = {e['input']!r}: {msg}" if e["type"] != "missing" else f"{key}: missing")
+        lines.append(f"{where} = {e['input']!r}: {msg}" if e["type"] != "missing" else f"{where}: missing")
     return "; ".join(lines)
 
 

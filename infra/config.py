@@ -18,24 +18,27 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
-from etude.spec import CONFIG_KEYS, NAMESPACE, Experiment, SpecError, spec_from_config
+from etude.spec import (
+    CONFIG_KEYS,
+    NAMESPACE,
+    ConfigModel,
+    Experiment,
+    SpecError,
+    etude_keys,
+    spec_from_config,
+    validate,
+)
 
 PULUMI_KEYS = ("platform", "image")
 STRING_KEYS = ("platformStack", "runId")  # kept as given: `runId: "1"` must stay the string "1"
 ALLOWED_KEYS = (*CONFIG_KEYS, *PULUMI_KEYS)
-_M = TypeVar("_M", bound=BaseModel)
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
-
-
-class PlatformSettings(_Model):
+class PlatformSettings(ConfigModel):
     """`etude:platform`: how the platform (cluster, bucket, namespace) is built."""
 
     release_channel: Literal["RAPID", "REGULAR", "STABLE"] = "REGULAR"
@@ -44,7 +47,7 @@ class PlatformSettings(_Model):
     namespace: str = Field(default="etude", pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
-class ImageSettings(_Model):
+class ImageSettings(ConfigModel):
     """`etude:image`: prebuilt images; a plain string is used for CPU and GPU variants alike."""
 
     cpu: str = Field(min_length=1)
@@ -69,38 +72,18 @@ class StackConfig:
 
 def read_config(stack: str, values: Mapping[str, Any]) -> StackConfig:
     """Validate a stack's `etude:*` values (short keys or `etude:`-prefixed) into a StackConfig. Raises SpecError."""
-    short: dict[str, Any] = {}
-    for key, value in values.items():
-        ns, _, name = key.rpartition(":")
-        if ns not in ("", NAMESPACE):
-            continue
-        if name not in ALLOWED_KEYS:
-            raise SpecError(f"{NAMESPACE}:{name}: unknown key; allowed: {', '.join(ALLOWED_KEYS)}")
-        short[name] = value
-    platform = _validate(PlatformSettings, "platform", short.pop("platform", None) or {})
+    short = etude_keys(values, ALLOWED_KEYS)
+    platform = validate(PlatformSettings, short.pop("platform", None) or {}, "platform")
     image_value = short.pop("image", None)
     if isinstance(image_value, str):
         image_value = {"cpu": image_value}
-    image = None if image_value is None else _validate(ImageSettings, "image", image_value)
+    image = None if image_value is None else validate(ImageSettings, image_value, "image")
     experiment = None
     if "scenario" in short or "variants" in short:
         experiment = spec_from_config(stack, short)
     elif short.get("platformStack") is not None:
         raise SpecError(f"{NAMESPACE}:scenario: missing; a stack with {NAMESPACE}:platformStack runs an experiment")
     return StackConfig(stack=stack, experiment=experiment, platform=platform, image=image)
-
-
-def _validate(model: type[_M], key: str, value: Any) -> _M:
-    try:
-        return model.model_validate(value)
-    except ValidationError as err:
-        parts = []
-        for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"])
-            where = f"{NAMESPACE}:{key}" + (f".{loc}" if loc else "")
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
-            parts.append(f"{where} = {e['input']!r}: {msg}")
-        raise SpecError("; ".join(parts)) from None
 
 
 def parse_value(key: str, raw: str) -> Any:
