@@ -261,8 +261,7 @@ class LocalRun:
         if v.model is not None and not self._export(outcome, uri, logs / "export.log"):
             return
         port = pick_port(self.port)
-        server_cmd = etude_argv(commands.serve_command(v, uri, host="127.0.0.1", port=port,
-                                                       device=v.instance.device, threads=self.threads))
+        server_cmd = etude_argv(commands.serve_command(v, uri, host="127.0.0.1", port=port, threads=self.threads))
         server = self.children.start("server", server_cmd, logs / "server.log")
         log.info("server for %s: pid %d, port %d, log %s", v.key, server.pid, port, server.log_path)
         base_url = f"http://127.0.0.1:{port}"

@@ -192,8 +192,8 @@ def run(
                     c,
                     d,
                     n,
-                    round(float(np.percentile(lat_ms, 50)), 3),
-                    round(float(np.percentile(lat_ms, 90)), 3),
+                    round(float(np.percentile(lat_ms, 50, method="inverted_cdf")), 3),
+                    round(float(np.percentile(lat_ms, 90, method="inverted_cdf")), 3),
                     round(float(lat_ms.mean()), 3),
                 )
                 cells.append(cell)
