@@ -32,7 +32,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 log = logging.getLogger("bench_server")
@@ -65,34 +65,30 @@ def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | Non
 
 
 @contextmanager
-def etude_server(model: Path, extra: list[str], log_path: Path) -> Iterator[str]:
+def _server_process(argv: list[str], port: int, ready_s: float, log_path: Path) -> Iterator[str]:
+    """Run a loopback server process until the block ends (SIGTERM); yields its URL once /ping answers 200."""
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ok(f"{url}/ping", ready_s, proc)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def etude_server(model: Path, extra: list[str], log_path: Path) -> AbstractContextManager[str]:
     argv = [*ETUDE, "--log-level", "WARNING", "serve", "--model-uri", str(model), "--host", "127.0.0.1",
             "--port", str(ETUDE_PORT), *extra]  # fmt: skip
     log.info("starting %s", " ".join(argv[2:]))
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    url = f"http://127.0.0.1:{ETUDE_PORT}"
-    try:
-        wait_http_ok(f"{url}/ping", 600, proc)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+    return _server_process(argv, ETUDE_PORT, 600, log_path)
 
 
-@contextmanager
-def static_server(log_path: Path) -> Iterator[str]:
+def static_server(log_path: Path) -> AbstractContextManager[str]:
     """benchmarks/static_server.py: the bare aiohttp + uvloop floor (static answer, nothing else)."""
     argv = [sys.executable, str(ROOT / "benchmarks" / "static_server.py"), "--port", str(STATIC_PORT)]
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    url = f"http://127.0.0.1:{STATIC_PORT}"
-    try:
-        wait_http_ok(f"{url}/ping", 60, proc)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+    return _server_process(argv, STATIC_PORT, 60, log_path)
 
 
 @contextmanager
