@@ -19,25 +19,17 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
+from etude.processes import NotReady, free_port, wait_ready
 from loadgen import results
 
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(core: int, delay_ms: float) -> tuple[subprocess.Popen[bytes], str]:
@@ -45,14 +37,12 @@ def start_server(core: int, delay_ms: float) -> tuple[subprocess.Popen[bytes], s
     cmd = ["taskset", "-c", str(core), PY, "-m", "loadgen.refserver", "--port", str(port), "--delay-ms", str(delay_ms)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"{url}/ping", timeout=1).read()
-            return proc, url
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("reference server did not start")
+    try:
+        wait_ready(url, proc, timeout_s=10)
+    except NotReady:
+        proc.kill()
+        raise
+    return proc, url
 
 
 def run_loadgen(url: str, core: int, rate: int, ramp_s: int, hold_s: int, loop: str, spin_us: int) -> dict[str, float]:

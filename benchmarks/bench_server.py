@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from etude.processes import wait_ready
+
 log = logging.getLogger("bench_server")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,21 +51,6 @@ TS_PORT = 8081  # from benchmarks/torchserve/config.properties
 # --- processes ------------------------------------------------------------------------------------------------------
 
 
-def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"{url} did not answer 200 within {timeout_s:g} s")
-
-
 @contextmanager
 def _server_process(argv: list[str], port: int, ready_s: float, log_path: Path) -> Iterator[str]:
     """Run a loopback server process until the block ends (SIGTERM); yields its URL once /ping answers 200."""
@@ -71,7 +58,7 @@ def _server_process(argv: list[str], port: int, ready_s: float, log_path: Path) 
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http_ok(f"{url}/ping", ready_s, proc)
+        wait_ready(url, proc, ready_s)
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -110,7 +97,7 @@ def torchserve(ts_venv: Path, work: Path) -> Iterator[str]:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=store, env=env)
     base = f"http://127.0.0.1:{TS_PORT}/predictions"
     try:
-        wait_http_ok(f"{base}/ping", 180, proc)
+        wait_ready(base, proc, 180)
         # the `ping` model only answers readiness checks: one worker is enough
         req = urllib.request.Request("http://127.0.0.1:8082/models/ping?min_worker=1&max_worker=1&synchronous=true",
                                      method="PUT")  # fmt: skip

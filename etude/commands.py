@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from etude.server_defaults import MAX_BATCH_SIZE, MAX_DELAY_MS
 from etude.spec import Experiment, Variant
 
 SERVER_PORT = 8080
@@ -15,8 +16,6 @@ SERVER_PORT = 8080
 PING_PATH = "/ping"
 RECOMMEND_PATH = "/v1/recommend"
 DEFAULT_K = 21
-MAX_BATCH_SIZE = 1024  # the paper's batching settings: up to 1,024 requests, flushed every 2 ms
-MAX_DELAY_MS = 2.0
 LOADGEN_RPS_PER_POD = 2000  # one load-generator process sustains more (docs/benchmarks.md); keep headroom
 
 

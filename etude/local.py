@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from etude import commands, storage
 from etude.errors import UsageError
 from etude.processes import Children, NotReady, etude_argv, pick_port, wait_ready
@@ -92,14 +94,15 @@ def select(exp: Experiment, only: str | None) -> list[Variant]:
     """The variants named by `--only` (models or variant names), in stack order; all without it."""
     if not only:
         return list(exp.variants)
-    wanted = [w.strip().lower() for w in only.split(",") if w.strip()]
-    known = {v.model_label for v in exp.variants} | {v.key for v in exp.variants}
-    unknown = [w for w in wanted if w not in known]
+    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    names = {w.lower() for w in wanted}  # names match whatever their case
+    known = {v.model_label.lower() for v in exp.variants} | {v.key.lower() for v in exp.variants}
+    unknown = [w for w in wanted if w.lower() not in known]
     if unknown or not wanted:
         raise UsageError(f"--only {only!r}: {', '.join(unknown) or 'empty'} not in stack {exp.stack}; "
                          f"its models: {', '.join(sorted({v.model_label for v in exp.variants}))}; "
                          f"its variants: {', '.join(v.key for v in exp.variants)}")
-    return [v for v in exp.variants if v.model_label in wanted or v.key in wanted]
+    return [v for v in exp.variants if v.model_label.lower() in names or v.key.lower() in names]
 
 
 def memory_needed_bytes(catalog_size: int, embedding_dim: int) -> int:
@@ -178,7 +181,13 @@ def _main(args: argparse.Namespace) -> int:
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
+CLEANUP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _interrupt_once(signum: int, frame: object) -> None:
+    """The first Ctrl-C or SIGTERM interrupts the run; later ones are ignored so that the clean-up finishes."""
+    for sig in CLEANUP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -206,7 +215,7 @@ class LocalRun:
         for o in outcomes:
             if o.status == "skipped":
                 log.warning("skipping %s: %s", o.variant.key, o.reason)
-        old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous = {sig: signal.signal(sig, _interrupt_once) for sig in CLEANUP_SIGNALS}
         current: Outcome | None = None
         try:
             with self._display() as show:
@@ -219,17 +228,18 @@ class LocalRun:
         except KeyboardInterrupt:
             if current is not None:
                 current.status, current.reason = "interrupted", "stopped by Ctrl-C"
-                current.summary = self._read_summary(current) or None
+                current.summary = self._read_summary(current)[0]
             print_table(self.exp, outcomes, self.console)
             raise
         finally:
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the clean-up finish
+            for sig in CLEANUP_SIGNALS:  # let the clean-up finish, whatever arrives
+                signal.signal(sig, signal.SIG_IGN)
             try:
                 self.children.stop_all(grace_s=5.0)
                 self._write_record(outcomes)
             finally:
-                signal.signal(signal.SIGINT, previous)
-                signal.signal(signal.SIGTERM, old_term)
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
         return outcomes
 
     def _write_record(self, outcomes: Sequence[Outcome]) -> None:
@@ -267,7 +277,7 @@ class LocalRun:
         base_url = f"http://127.0.0.1:{port}"
         try:
             try:
-                took_s = wait_ready(f"{base_url}/ping", server, self.ready_timeout_s)
+                took_s = wait_ready(base_url, server.proc, self.ready_timeout_s)
             except NotReady as err:
                 self._fail(outcome, str(err), server.tail(LOG_TAIL_LINES), server.log_path)
                 return
@@ -333,7 +343,7 @@ class LocalRun:
                     pass
         finally:  # also on Ctrl-C: the load generators write what they have (partial) before the server stops
             codes = [self.children.stop(lg, LOADGEN_STOP_GRACE_S) for lg in loadgens]
-        summary = self._read_summary(outcome)
+        summary, unreadable = self._read_summary(outcome)
         outcome.summary = summary
         failed = next((lg for lg, rc in zip(loadgens, codes, strict=True) if rc != 0), loadgens[0])
         if server_died:
@@ -342,8 +352,11 @@ class LocalRun:
         elif timed_out:
             self._fail(outcome, f"the load generator did not finish within {limit_s:.0f} s",
                        failed.tail(LOG_TAIL_LINES), failed.log_path)
-        elif any(rc != 0 for rc in codes) or summary is None:
+        elif any(rc != 0 for rc in codes):
             self._fail(outcome, f"the load generator failed (exit code {failed.proc.returncode})",
+                       failed.tail(LOG_TAIL_LINES), failed.log_path)
+        elif summary is None:
+            self._fail(outcome, f"the load generator finished but its results are unusable: {unreadable}",
                        failed.tail(LOG_TAIL_LINES), failed.log_path)
         else:
             outcome.status = "ok"
@@ -360,14 +373,18 @@ class LocalRun:
         outcome.reason = f"{reason}; last lines of {log_path}:\n{log_tail}" if log_tail else reason
         log.error("variant %s failed: %s", outcome.variant.key, outcome.reason)
 
-    def _read_summary(self, outcome: Outcome) -> Summary | None:
+    def _read_summary(self, outcome: Outcome) -> tuple[Summary | None, str]:
+        """The variant's summary, or None and why there is none."""
         if outcome.results is None:
-            return None
+            return None, "no results folder"
+        uri = storage.join(outcome.results, SUMMARY_FILE)
         try:
-            return Summary.model_validate_json(storage.read_bytes(storage.join(outcome.results, SUMMARY_FILE)))
-        except Exception as err:  # noqa: BLE001 - no summary is a failed variant, not a crash
-            log.debug("no summary in %s: %s", outcome.results, err)
-            return None
+            return Summary.model_validate_json(storage.read_bytes(uri)), ""
+        except storage.StorageError as err:
+            return None, str(err)
+        except ValidationError as err:  # not JSON, or not a summary
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in err.errors()[:3])
+            return None, f"{uri} is not a load-generator summary ({problems})"
 
     def _logs_dir(self, results: str) -> Path:
         if storage.is_gcs(results):

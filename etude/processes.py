@@ -10,17 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-
-POLL_S = 0.2
 
 
 def etude_argv(argv: Sequence[str]) -> list[str]:
@@ -64,23 +59,28 @@ class Children:
         return child
 
     def stop(self, child: Child, grace_s: float = 10.0) -> int | None:
-        """SIGTERM to the child's group, wait up to `grace_s`, then SIGKILL; returns the exit code."""
-        try:
-            if child.running():
-                _signal_group(child.pid, signal.SIGTERM)
-                try:
-                    child.proc.wait(timeout=grace_s)
-                except subprocess.TimeoutExpired:
-                    log.warning("%s (pid %d) did not stop within %.0f s; killing it", child.name, child.pid, grace_s)
-            _signal_group(child.pid, signal.SIGKILL)  # whatever is left of the group, the leader included
-            return child.proc.wait(timeout=grace_s)
-        finally:
-            if child in self._live:
-                self._live.remove(child)
+        """SIGTERM to the child's group, wait up to `grace_s`, then SIGKILL; returns the exit code.
+
+        The child stays on the list until its group is killed, so that `stop_all` still reaches it when this is
+        interrupted."""
+        if child.running():
+            _signal_group(child.pid, signal.SIGTERM)
+            try:
+                child.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) did not stop within %.0f s; killing it", child.name, child.pid, grace_s)
+        _signal_group(child.pid, signal.SIGKILL)  # whatever is left of the group, the leader included
+        if child in self._live:
+            self._live.remove(child)
+        return child.proc.wait(timeout=grace_s)
 
     def stop_all(self, grace_s: float = 10.0) -> None:
+        """Stop every child, newest first; one that cannot be stopped does not keep the others running."""
         for child in reversed(list(self._live)):
-            self.stop(child, grace_s)
+            try:
+                self.stop(child, grace_s)
+            except subprocess.TimeoutExpired:
+                log.error("%s (pid %d) survived SIGKILL for %.0f s", child.name, child.pid, grace_s)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -111,13 +111,18 @@ def port_free(port: int, host: str = "0.0.0.0") -> bool:
         return True
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel picks as free on `host` now (another process may take it before it is used)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def pick_port(preferred: int, host: str = "0.0.0.0") -> int:
     """`preferred` when it is free, else a free port the kernel picks."""
     if port_free(preferred, host):
         return preferred
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port = int(s.getsockname()[1])
+    port = free_port(host)
     log.info("port %d is in use; using %d", preferred, port)
     return port
 
@@ -126,20 +131,24 @@ class NotReady(Exception):
     """The server did not become ready; the message says why and holds its last log lines."""
 
 
-def wait_ready(url: str, child: Child, timeout_s: float) -> float:
-    """Poll `url` (/ping) until it answers 200; returns the seconds it took. NotReady if the child exits or time
-    runs out."""
-    start_ns = time.perf_counter_ns()
-    deadline_ns = start_ns + int(timeout_s * 1e9)
-    while True:
-        if not child.running():
-            raise NotReady(f"the server exited with code {child.proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(url, timeout=2.0) as resp:
-                if resp.status == 200:
-                    return (time.perf_counter_ns() - start_ns) / 1e9
-        except (urllib.error.URLError, OSError):
-            pass  # not listening yet, or 503 while loading and warming up
-        if time.perf_counter_ns() > deadline_ns:
-            raise NotReady(f"the server was not ready within {timeout_s:.0f} s")
-        time.sleep(POLL_S)
+def wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> float:
+    """Wait, outside any event loop, until the server `proc` at `base_url` is ready (GET /ping answers 200; the
+    load generator's check, loadgen.client.wait_ready); returns the seconds it took. NotReady if `proc` exits
+    first or time runs out."""
+    import asyncio
+
+    import aiohttp
+
+    from etude.errors import UsageError
+    from loadgen.client import wait_ready as poll
+
+    async def check() -> float:
+        async with aiohttp.ClientSession() as http:
+            return await poll(http, base_url, timeout_s, alive=lambda: proc.poll() is None)
+
+    try:
+        return asyncio.run(check())
+    except UsageError as err:
+        if proc.poll() is not None:
+            raise NotReady(f"the server exited with code {proc.returncode} before it was ready") from None
+        raise NotReady(str(err)) from None

@@ -1,4 +1,4 @@
-"""`etude report DIR... --out DIR`: a Markdown report with PNG plots from result folders (local or gs://).
+"""`etude report DIR... --out DIR`: a Markdown report with PNG plots from result folders (each local or gs://).
 
 It holds the capacity table (the paper's Table I, computed; also written as capacity.csv), every run's summary,
 latency and throughput over each run (Fig. 4), and, when present, the infrastructure test (Fig. 2, runs of the
@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import overload
 
 from etude import capacity, storage
 from etude.errors import UsageError
@@ -37,28 +38,37 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "or gs:// prefixes and write report.md, capacity.csv and PNG figures.",
     )
     p.add_argument("roots", nargs="+", metavar="DIR", help="result folders or gs://bucket/prefix, searched recursively")
-    p.add_argument("--out", required=True, help="local folder for report.md, capacity.csv and figures/")
+    p.add_argument("--out", required=True,
+                   help="folder or gs://bucket/prefix for report.md, capacity.csv and figures/")
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
-    out = write_report(args.roots, Path(args.out))
-    print(f"report: {out / REPORT_FILE}")
-    print(f"capacity table: {out / CAPACITY_FILE}")
+    out: str = write_report(args.roots, args.out)
+    print(f"report: {storage.join(out, REPORT_FILE)}")
+    print(f"capacity table: {storage.join(out, CAPACITY_FILE)}")
     return 0
 
 
-def write_report(roots: list[str], out: Path) -> Path:
-    """Discover results under `roots` and write the report into `out`; a UsageError when there is nothing to show."""
-    if storage.is_gcs(str(out)):
-        raise UsageError(f"--out {out}: the report goes to a local folder (its inputs may be gs://)")
+@overload
+def write_report(roots: list[str], out: Path) -> Path: ...
+@overload
+def write_report(roots: list[str], out: str) -> str: ...
+def write_report(roots: list[str], out: Path | str) -> Path | str:
+    """Discover results under `roots` and write the report into `out` (a folder or gs://bucket/prefix); a
+    UsageError when there is nothing to show. Returns `out`."""
     found = discover(roots)
     if not found.runs and not found.microbench:
         details = "; ".join(found.warnings) or "nothing found"
         raise UsageError(f"no results under {', '.join(roots)} ({details})")
+    gcs = isinstance(out, str) and storage.is_gcs(out)
+    if gcs:
+        storage.split_gcs(str(out))  # a URI without a bucket is refused before any work
+    local = None if gcs else Path(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=out, prefix=".report-"))
+        if local is not None:
+            local.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=local, prefix=".report-"))
     except OSError as err:
         raise UsageError(f"--out {out}: cannot write the report there: {err.strerror or err}") from None
     try:
@@ -66,17 +76,22 @@ def write_report(roots: list[str], out: Path) -> Path:
         (staging / CAPACITY_FILE).write_text(capacity.to_csv(rows))
         markdown = _markdown(roots, found, rows, staging)
         (staging / REPORT_FILE).write_text(markdown)
-        _publish(staging, out)
+        _publish(staging, str(out))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
-def _publish(staging: Path, out: Path) -> None:
-    """Move the staged files into place, figures first and report.md last."""
+def _publish(staging: Path, out: str) -> None:
+    """Move (or upload) the staged files into place, figures first and report.md last."""
     for path in sorted(staging.rglob("*"), key=lambda p: (p.name == REPORT_FILE, str(p))):
-        if path.is_file():
-            target = out / path.relative_to(staging)
+        if not path.is_file():
+            continue
+        relative = path.relative_to(staging)
+        if storage.is_gcs(out):
+            storage.write_bytes(storage.join(out, *relative.parts), path.read_bytes())
+        else:
+            target = Path(out, relative)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
 

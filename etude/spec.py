@@ -103,8 +103,12 @@ class Scenario(ConfigModel):
 
     @property
     def embedding_dim(self) -> int:
-        """The paper's heuristic d = ceil(C ** 0.25)."""
-        return math.ceil(self.catalog_size**0.25)
+        return embedding_dim(self.catalog_size)
+
+
+def embedding_dim(catalog_size: int) -> int:
+    """The paper's heuristic for the embedding size of built-in models: d = ceil(C ** 0.25)."""
+    return math.ceil(catalog_size**0.25)
 
 
 _DNS = re.compile(r"[^a-z0-9-]+")

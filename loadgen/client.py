@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -124,8 +125,13 @@ async def recommend(http: aiohttp.ClientSession, url: Any, body: bytes) -> Answe
         return Answer(ERROR, -1)
 
 
-async def wait_ready(http: aiohttp.ClientSession, base_url: str, deadline_s: float) -> None:
-    """Poll `GET {base_url}/ping` until it answers 200; UsageError naming the last problem after `deadline_s`."""
+async def wait_ready(
+    http: aiohttp.ClientSession, base_url: str, deadline_s: float, alive: Callable[[], bool] | None = None
+) -> float:
+    """Poll `GET {base_url}/ping` until it answers 200; returns the seconds it took. UsageError naming the last
+    problem after `deadline_s`, or once `alive` (the server process, when the caller runs it) says it exited.
+
+    The one readiness check: the load generator, `etude local` (etude.processes.wait_ready) and the tests use it."""
     import aiohttp
 
     start_ns = time.perf_counter_ns()
@@ -133,12 +139,14 @@ async def wait_ready(http: aiohttp.ClientSession, base_url: str, deadline_s: flo
     attempt = 0
     while True:
         attempt += 1
+        if alive is not None and not alive():
+            raise UsageError(f"target {base_url} exited before it was ready")
         try:
             async with http.get(f"{base_url}{PING_PATH}", timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
                 await resp.read()
                 if resp.status == OK:
                     log.info("target %s is ready (after %d checks)", base_url, attempt)
-                    return
+                    return (time.perf_counter_ns() - start_ns) / 1e9
                 last = f"/ping answered {resp.status}"
         except TimeoutError:
             last = "/ping timed out"

@@ -18,14 +18,11 @@ import math
 import torch
 from torch import Tensor, nn
 
+from etude.spec import embedding_dim as embedding_dim  # the paper's d = ceil(C ** 0.25), defined once there
+
 MAX_SESSION_LENGTH = 50
 # The head's block on a CPU: B * rows ~ 2^20 scores (4 MiB), rows within [4096, 2^18]; a block's top-k of a small
 # batch runs over 16 sub-rows. (Literals inside the functions: TorchScript cannot read module globals.)
-
-
-def embedding_dim(catalog_size: int) -> int:
-    """The paper's heuristic d = ceil(C ** 0.25) (the same formula as etude.spec.Scenario.embedding_dim)."""
-    return math.ceil(catalog_size**0.25)
 
 
 def heads_for(dim: int, wanted: int = 2) -> int:

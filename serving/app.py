@@ -19,12 +19,13 @@ from typing import Any
 
 from aiohttp import web
 
+from etude import server_defaults as defaults
 from etude.commands import PING_PATH, RECOMMEND_PATH
 from etude.errors import UsageError
 from serving.batcher import DynamicBatcher, short_reason
 from serving.errors import NotReady, PayloadTooLarge, ServingError
 from serving.metrics import CONTENT_TYPE, Metrics
-from serving.model import WARMUP_PASSES, Predictor, Query
+from serving.model import Predictor, Query
 from serving.protocol import parse_query
 
 log = logging.getLogger(__name__)
@@ -35,13 +36,15 @@ JSON = "application/json"
 
 @dataclass(frozen=True)
 class Settings:
-    max_batch_size: int = 1024
-    max_delay_ms: float = 2.0
-    max_queue: int = 2048  # requests waiting for a batch; beyond this, 503 + Retry-After
-    max_body_bytes: int = 256 * 1024
-    warmup_passes: int = WARMUP_PASSES
+    """The server's settings; the defaults are `etude.server_defaults`."""
+
+    max_batch_size: int = defaults.MAX_BATCH_SIZE
+    max_delay_ms: float = defaults.MAX_DELAY_MS
+    max_queue: int = defaults.MAX_QUEUE
+    max_body_bytes: int = defaults.MAX_BODY_BYTES
+    warmup_passes: int = defaults.WARMUP_PASSES
     device: str = "cpu"
-    shutdown_timeout_s: float = 25.0  # Kubernetes' default grace period is 30 s
+    shutdown_timeout_s: float = defaults.SHUTDOWN_TIMEOUT_S
 
 
 class InferenceServer:
@@ -168,7 +171,11 @@ async def serve(server: InferenceServer, *, host: str, port: int) -> None:
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=2048)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as err:
+        await runner.cleanup()
+        raise UsageError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
     log.info("listening on http://%s:%d", host, port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

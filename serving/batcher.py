@@ -114,12 +114,15 @@ class DynamicBatcher(Generic[T, R]):
         return future
 
     async def drain(self) -> None:
-        """Refuse new requests, finish every queued one, then stop the inference thread."""
+        """Refuse new requests, finish every queued one, then stop the inference thread.
+
+        Work outside the queue (a warm-up) is not waited for on the loop: the loop stays free while the thread
+        finishes it."""
         self._closing = True
         if self._timer is not None and not self._running:
             self._flush()
         await self._idle.wait()
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
     def on_thread(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run `fn(*args)` on the inference thread, outside the queue (loading, warm-up); await the result."""
@@ -174,7 +177,10 @@ class DynamicBatcher(Generic[T, R]):
                 assert out.values is not None
                 w.future.set_result(Answer(out.values[i], out.start_ns - w.enqueued_ns, run_ns, n))
         if self._on_batch is not None:
-            self._on_batch(n, run_ns)
+            try:
+                self._on_batch(n, run_ns)
+            except Exception:  # noqa: BLE001 - a failing observer must not strand the queued requests
+                log.exception("the on_batch callback failed")
         self._next()
 
     def _next(self) -> None:

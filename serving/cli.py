@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from etude import server_defaults as defaults
 from etude.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -22,17 +23,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--max-batch-size", type=int, default=1024, help="most requests per forward pass")
+    p.add_argument("--max-batch-size", type=int, default=defaults.MAX_BATCH_SIZE, help="most requests per forward pass")
     p.add_argument(
-        "--max-delay-ms", type=float, default=2.0,
+        "--max-delay-ms", type=float, default=defaults.MAX_DELAY_MS,
         help="longest a forming batch is held to fill, only while the inference thread is busy most of the time "
         "(an idle server never waits; 0 never holds)",
     )  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    p.add_argument("--max-queue", type=int, default=2048, help="waiting requests beyond which to answer 503")
-    p.add_argument("--max-body-bytes", type=int, default=256 * 1024, help="larger request bodies get 413")
-    p.add_argument("--warmup-passes", type=int, default=3, help="forward passes per warm-up shape")
-    p.add_argument("--shutdown-timeout-s", type=float, default=25.0, help="longest wait for in-flight requests")
+    p.add_argument("--max-queue", type=int, default=defaults.MAX_QUEUE,
+                   help="waiting requests beyond which to answer 503")
+    p.add_argument("--max-body-bytes", type=int, default=defaults.MAX_BODY_BYTES, help="larger request bodies get 413")
+    p.add_argument("--warmup-passes", type=int, default=defaults.WARMUP_PASSES, help="forward passes per warm-up shape")
+    p.add_argument("--shutdown-timeout-s", type=float, default=defaults.SHUTDOWN_TIMEOUT_S,
+                   help="longest wait for in-flight requests")
     p.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop", help="uvloop measured faster")
     p.set_defaults(func=serve_verb)
 
@@ -65,11 +68,8 @@ def serve_verb(args: argparse.Namespace) -> int:
         import uvloop
 
         loop_factory = uvloop.new_event_loop
-    try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(serve(server, host=args.host, port=args.port))
-    except OSError as err:
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from err
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(server, host=args.host, port=args.port))
     return 0
 
 

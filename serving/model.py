@@ -16,10 +16,10 @@ from typing import Any
 
 from etude.commands import DEFAULT_K
 from etude.errors import UsageError
+from etude.server_defaults import WARMUP_PASSES
 
 log = logging.getLogger(__name__)
 
-WARMUP_PASSES = 3  # per shape; TorchScript's profiling executor optimises a graph after its first runs
 WARMUP_BUDGET_S = 20.0  # beyond this, larger batch sizes are not warmed up
 
 

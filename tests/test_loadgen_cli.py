@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,18 +15,13 @@ import pytest
 from etude import storage
 from etude.cli import main
 from etude.commands import loadgen_command
+from etude.processes import free_port
 from etude.results import REQUEST_COLUMNS, SUMMARY_FILE, TIMELINE_COLUMNS
 from etude.spec import spec_from_config
 from loadgen import results
 from loadgen.refserver import Behaviour, ServerThread
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def contract_argv(

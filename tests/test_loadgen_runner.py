@@ -4,7 +4,6 @@ counting, latency from the intended slot, timing headers, and errors that never 
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Iterable, Sequence
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 from etude.errors import UsageError
+from etude.processes import free_port
 from etude.results import RunSpec
 from loadgen import results
 from loadgen.refserver import Behaviour, ServerThread
@@ -19,12 +19,6 @@ from loadgen.runner import RunConfig, Runner, RunResult, client_session
 from loadgen.schedule import NS_PER_S, tick_targets
 
 C = 1000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def endless(sessions: Iterable[Sequence[int]]) -> object:

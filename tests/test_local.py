@@ -4,6 +4,8 @@ report come out, a taken port is avoided, a dying server fails only its variant,
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import signal
@@ -21,7 +23,7 @@ import pytest
 from etude import local
 from etude.cli import main
 from etude.errors import UsageError
-from etude.processes import Children, pick_port, port_free
+from etude.processes import Children, free_port, pick_port, port_free
 from etude.progress import Live, parse, quantile_ms
 from etude.report import write_report
 from etude.results import SUMMARY_FILE, Summary
@@ -52,12 +54,6 @@ def tiny_stack(tmp_path: Path, *variants: str, name: str = "tiny") -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -80,6 +76,35 @@ def test_only_selects_models_and_names_unknown_ones(tmp_path: Path) -> None:
     assert [v.key for v in local.select(exp, "noop-jit-gpu-t4, gru4rec")] == ["gru4rec-jit-cpu", "noop-jit-gpu-t4"]
     with pytest.raises(UsageError, match="sasrec not in stack tiny; its models: gru4rec, noop"):
         local.select(exp, "sasrec")
+
+
+def test_only_matches_names_whatever_their_case(tmp_path: Path) -> None:
+    user = "    - {modelUri: gs://bucket/MyModel.pt, runtime: jit, instanceType: cpu}"
+    exp = load_stack(str(tiny_stack(tmp_path, NOOP, user)))
+    assert [v.model_label for v in local.select(exp, "MyModel")] == ["MyModel"]
+    assert [v.key for v in local.select(exp, "mymodel, NOOP")] == ["noop-jit-cpu", "mymodel-jit-cpu"]
+    with pytest.raises(UsageError, match="OtherModel not in stack tiny; its models: MyModel, noop"):
+        local.select(exp, "OtherModel")
+
+
+def test_an_unreadable_summary_is_the_reason_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    exp = load_stack(str(tiny_stack(tmp_path, NOOP)))
+    runner = local.LocalRun(exp, out=str(tmp_path / "results"), models_dir=str(tmp_path / "models"), port=0,
+                            ramp_seconds=1, hold_seconds=0, ready_timeout_s=1, console=Console(file=io.StringIO()))
+    outcome = local.Outcome(exp.variants[0], "not run", results=str(tmp_path / "results" / "v"))
+    # a load generator that exits 0 after writing a summary.json that is no summary
+    writes = (f"import pathlib; p = pathlib.Path({outcome.results!r}); p.mkdir(parents=True); "
+              "(p / 'summary.json').write_text('{\"requests\": \"many\"}')")
+    monkeypatch.setattr(local, "etude_argv", lambda argv: [sys.executable, "-c", writes])
+    server = runner.children.start("server", ["sleep", "30"], tmp_path / "server.log")
+    try:
+        runner._load(outcome, "http://127.0.0.1:9", server, tmp_path / "logs", "1/1", lambda *a: None)
+    finally:
+        runner.children.stop_all(grace_s=1)
+    assert outcome.status == "failed" and "exit code" not in outcome.reason
+    assert "summary.json is not a load-generator summary (spec: Field required" in outcome.reason
 
 
 def test_catalog_too_large_is_refused_with_the_figure() -> None:
@@ -121,8 +146,8 @@ def test_a_taken_port_is_avoided() -> None:
 
 def test_stopping_a_child_stops_its_whole_group(tmp_path: Path) -> None:
     children = Children()
-    child = children.start("sh", ["sh", "-c", "sleep 60 & echo $! > grandchild; wait"], tmp_path / "sh.log")
-    pidfile = Path("grandchild")
+    pidfile = tmp_path / "grandchild"
+    child = children.start("sh", ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"], tmp_path / "sh.log")
     try:
         deadline = time.monotonic() + 5
         while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
@@ -132,8 +157,60 @@ def test_stopping_a_child_stops_its_whole_group(tmp_path: Path) -> None:
         time.sleep(0.1)
         assert not pid_alive(child.pid) and not pid_alive(grandchild)
     finally:
-        pidfile.unlink(missing_ok=True)
         children.stop_all(grace_s=1)
+
+
+STUBBORN_RUN = """
+import sys, time
+from pathlib import Path
+from rich.console import Console
+from etude import local
+from etude.spec import load_stack
+
+stack, out, pidfile, marker = sys.argv[1:]
+# a child that notes SIGTERM and goes on, with a grandchild that ignores it: only SIGKILL ends them
+script = f"trap 'echo term >> {marker}' TERM; (trap '' TERM; exec sleep 60) & echo $$ $! > {pidfile}; "
+script += "while :; do wait; done"
+
+def run_variant(self, outcome, position, show):
+    self.children.start("stubborn", ["sh", "-c", script], Path(out, "stubborn.log"))
+    time.sleep(60)
+
+local.LocalRun._run_variant = run_variant
+exp = load_stack(stack)
+runner = local.LocalRun(exp, out=out, models_dir=out, port=0, ramp_seconds=1, hold_seconds=0, ready_timeout_s=1,
+                        console=Console(stderr=True))
+try:
+    runner.run(exp.variants, {})
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+@pytest.mark.slow
+def test_clean_up_finishes_whatever_signals_arrive(tmp_path: Path) -> None:
+    pidfile, marker = tmp_path / "pids", tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, "-c", STUBBORN_RUN, str(tiny_stack(tmp_path, NOOP)),
+                             str(tmp_path / "out"), str(pidfile), str(marker)], stderr=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not (pidfile.exists() and len(pidfile.read_text().split()) == 2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids = [int(p) for p in pidfile.read_text().split()]
+        proc.send_signal(signal.SIGTERM)
+        while not marker.exists() and time.monotonic() < deadline:  # the clean-up has asked the child to stop
+            time.sleep(0.05)
+        assert marker.exists()
+        proc.send_signal(signal.SIGTERM)  # a second SIGTERM while the clean-up waits for the child
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert not any(pid_alive(pid) for pid in pids), err
+    finally:
+        proc.kill()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_live_figures_from_prometheus_text() -> None:

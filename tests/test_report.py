@@ -263,3 +263,22 @@ def test_shard_pieces_count_once_through_their_merged_run(tmp_path: Path) -> Non
     found = discover([str(root)])
     assert [(r.label, r.summary.max_rps_within_slo) for r in found.runs] == [("gru4rec-jit-cpu", 100)]
     assert any("shard 1/2 of a run without a merged summary" in w for w in found.warnings)
+
+
+def test_report_to_gcs_lands_in_the_bucket_not_in_a_local_folder(
+    gcs_bucket: str, shop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from etude import storage
+    from etude.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    out = f"gs://{gcs_bucket}/reports/r1"
+    assert main(["report", str(shop), "--out", out]) == 0
+    assert not (tmp_path / "gs:").exists()
+    md = storage.read_bytes(f"{out}/report.md").decode()
+    assert "Cheapest option meeting the SLO: **sasrec (jit) on 1 x cpu" in md
+    assert storage.read_bytes(f"{out}/figures/fig4-shop-1-gru-cpu.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    local = capacity.to_csv(capacity.capacity_rows(discover([str(shop)]).runs))
+    assert storage.read_bytes(f"{out}/capacity.csv").decode() == local
+    with pytest.raises(UsageError, match="no bucket"):
+        write_report([str(shop)], "gs:///reports")

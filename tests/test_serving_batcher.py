@@ -145,3 +145,33 @@ def test_full_queue_sheds_at_once_and_drain_finishes_what_is_queued() -> None:
 def test_invalid_settings_are_refused() -> None:
     with pytest.raises(ValueError):
         DynamicBatcher(lambda items: items, max_batch_size=0, max_delay_ms=2, max_queue=1)
+
+
+def test_drain_during_warm_up_leaves_the_event_loop_free() -> None:
+    async def body() -> None:
+        b = DynamicBatcher(Recorder(), max_batch_size=4, max_delay_ms=2, max_queue=100)
+        warm_up = b.on_thread(time.sleep, 1.0)  # like the server's warm-up on the inference thread
+        await asyncio.sleep(0.05)
+        draining = asyncio.create_task(b.drain())
+        t0 = time.perf_counter()
+        await asyncio.sleep(0.01)
+        assert time.perf_counter() - t0 < 0.5  # the loop still runs while the thread finishes the warm-up
+        assert not draining.done()
+        await draining
+        await warm_up
+
+    run(body())
+
+
+def test_a_failing_on_batch_callback_strands_no_request() -> None:
+    def on_batch(size: int, run_ns: int) -> None:
+        raise RuntimeError("metrics broke")
+
+    async def body() -> None:
+        b = DynamicBatcher(Recorder(sleep_s=0.05), max_batch_size=1, max_delay_ms=0, max_queue=100,
+                           on_batch=on_batch)
+        answers = await asyncio.gather(*(b.submit(i) for i in range(4)))
+        assert [a.value for a in answers] == [0, 2, 4, 6]
+        await asyncio.wait_for(b.drain(), 5)
+
+    run(body(), timeout_s=10)

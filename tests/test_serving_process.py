@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -16,37 +15,17 @@ import pytest
 from toy_model import save_toy_model
 
 from etude.cli import main
+from etude.processes import free_port, wait_ready
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
 SLOW_ITEM = 500
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(model: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "etude", "serve", "--model-uri", str(model), "--port", str(port),
             "--host", "127.0.0.1", *extra]  # fmt: skip
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
-
-
-async def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.communicate()[0].decode()
-            try:
-                async with http.get(f"{url}/ping") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("server never became ready")
 
 
 def test_sigterm_finishes_requests_in_flight_and_exits_0(tmp_path: Path) -> None:
@@ -58,7 +37,6 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(tmp_path: Path) -> None
     try:
 
         async def body() -> None:
-            await wait_ready(url, proc)
             timeout = aiohttp.ClientTimeout(total=60)
             async with aiohttp.ClientSession(timeout=timeout) as http:
 
@@ -81,6 +59,7 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(tmp_path: Path) -> None
                 results = await asyncio.gather(*in_flight)
                 assert results == [(200, {"items": [(SLOW_ITEM + 1 + j) % 1000 for j in range(2)]})] * 5
 
+        wait_ready(url, proc, timeout_s=60)
         asyncio.run(asyncio.wait_for(body(), 90))
         assert proc.wait(timeout=30) == 0
         log = proc.communicate()[0].decode()
@@ -104,3 +83,28 @@ def test_mistakes_are_one_line_errors_with_exit_2(tmp_path: Path, capsys: pytest
         assert main(["--log-level", "ERROR", "serve", "--host", "127.0.0.1", *args]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("etude serve: error:") and expected in lines[0], lines
+
+
+def test_only_a_failed_bind_is_reported_as_cannot_listen(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import serving.model
+
+    argv = ["--log-level", "ERROR", "serve", "--model-uri", str(tmp_path / "m.pt"), "--host", "127.0.0.1",
+            "--event-loop", "asyncio"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main([*argv, "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+    def disk_full(uri: str, device: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(serving.model, "load_model", disk_full)
+    with pytest.raises(OSError, match="No space left"):  # not a user mistake: no "cannot listen" for it
+        main([*argv, "--port", str(free_port())])
+    assert "cannot listen" not in capsys.readouterr().err
