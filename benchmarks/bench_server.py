@@ -124,11 +124,10 @@ def wrk(url: str, script: str, connections: int, duration_s: int, catalog_size: 
     done = subprocess.run(argv, capture_output=True, text=True, check=True,
                           env={**os.environ, "CATALOG_SIZE": str(catalog_size)})  # fmt: skip
     text = done.stdout
-    result = {
-        "connections": connections,
-        "duration_s": duration_s,
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
-    }  # type: ignore[union-attr]
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if rps is None:
+        raise RuntimeError(f"no Requests/sec in wrk's output:\n{text}")
+    result = {"connections": connections, "duration_s": duration_s, "rps": float(rps.group(1))}
     for pct in (50, 90, 99):
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
         if m:
@@ -138,7 +137,7 @@ def wrk(url: str, script: str, connections: int, duration_s: int, catalog_size: 
     result["errors"] = float(int(m.group(1)) if m else 0) + (
         sum(map(int, socket_errors.groups())) if socket_errors else 0
     )
-    result["requests"] = float(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
+    result["requests"] = float(re.search(r"(\d+) requests in", text).group(1))
     log.info(
         "wrk -c%d %s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, errors %d",
         connections,

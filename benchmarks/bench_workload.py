@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from loadgen.workload import SyntheticWorkload, workload_laws  # noqa: E402
 
-WORKLOADS = {
+WORKLOADS: dict[str, dict[str, object]] = {
     "preset bolcom": {"preset": "bolcom"},
     "preset rsc15": {"preset": "rsc15"},
     "alpha 2.0 / 1.5": {"alpha_length": 2.0, "alpha_clicks": 1.5},

@@ -17,7 +17,7 @@ def main(folder: str) -> None:
     meta = json.loads((Path(folder) / "microbench.json").read_text())
     sizes = sorted({int(r["catalog_size"]) for r in rows})
     runtimes = [rt for rt in ("python", "eager", "jit") if any(r["runtime"] == rt for r in rows)]
-    cell = defaultdict(dict)
+    cell: defaultdict[tuple[str, str], dict[int, tuple[float, float]]] = defaultdict(dict)
     for r in rows:
         cell[(r["model"], r["runtime"])][int(r["catalog_size"])] = (float(r["p50_ms"]), float(r["p90_ms"]))
     print(f"device {meta['device']}, {meta['threads']} threads, read bandwidth {meta['read_bandwidth_gbs']} GB/s\n")
@@ -34,12 +34,12 @@ def main(folder: str) -> None:
     print("| model | " + " | ".join(f"{rt} C={c:,}" for c in big for rt in runtimes) + " |")
     print("|---|" + "---|" * (len(big) * len(runtimes)))
     for model in sorted({r["model"] for r in rows}):
-        vals = []
+        ratios = []
         for c in big:
             for rt in runtimes:
                 v = cell[(model, rt)].get(c)
-                vals.append(f"{v[0] / meta['bound_ms'][str(c)]:.2f}x" if v else "")
-        print(f"| {model} | " + " | ".join(vals) + " |")
+                ratios.append(f"{v[0] / meta['bound_ms'][str(c)]:.2f}x" if v else "")
+        print(f"| {model} | " + " | ".join(ratios) + " |")
     print("\nbound ms: " + ", ".join(f"C={c:,}: {meta['bound_ms'][str(c)]}" for c in big))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from models.microbench import read_bandwidth_gbs
 K = 21
 
 
-def timed(fn, repeats: int) -> tuple[float, float]:  # noqa: ANN001
+def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     fn()
     ts = []
     for _ in range(repeats):
@@ -34,7 +35,7 @@ def timed(fn, repeats: int) -> tuple[float, float]:  # noqa: ANN001
     return min(ts) / 1e6, float(np.median(ts)) / 1e6
 
 
-def bench_size(c: int, batches: list[int], repeats: int, scripted) -> None:  # noqa: ANN001
+def bench_size(c: int, batches: list[int], repeats: int, scripted: Callable[..., object]) -> None:
     d = math.ceil(c**0.25)
     table = torch.randn(c + 1, d)
     bf16 = table.to(torch.bfloat16)

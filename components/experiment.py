@@ -70,7 +70,7 @@ class EtudeExperiment(pulumi.ComponentResource):
 
         previous: k8s.batch.v1.Job | None = None
         for variant in exp.variants:
-            after = [previous] if exp.sequential and previous is not None else []
+            after: list[pulumi.Resource] = [previous] if exp.sequential and previous is not None else []
             previous = self._variant(name, args, variant, models_root, runs_root, after)
 
         self.results = Output.all(**{k: r.metrics for k, r in self.variant_results.items()})

@@ -19,20 +19,26 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from etude import commands, storage
 from etude.errors import UsageError
-from etude.processes import Children, NotReady, etude_argv, pick_port, wait_ready
+from etude.processes import Child, Children, NotReady, etude_argv, pick_port, wait_ready
 from etude.results import REQUESTS_FILE, SUMMARY_FILE, TIMELINE_FILE, Summary
 from etude.resultset import LOCAL_RUN_FILE
 from etude.spec import Experiment, Variant, load_stack
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
+
+    from etude.progress import Live
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,8 @@ LOADGEN_STOP_GRACE_S = 20.0  # it waits for answers in flight, then writes its r
 RUN_MARGIN_S = 120.0  # beyond ramp + hold: the load generator's readiness check, warm-up and writing
 LOG_EVERY_S = 5.0  # progress lines when the terminal shows no live display
 LOG_TAIL_LINES = 15
+# show(position, variant key, elapsed s, planned s, target rps, live figures): the progress display
+Show = Callable[[str, str, float, int, int, "Live"], None]
 
 
 @dataclass
@@ -195,7 +203,7 @@ class LocalRun:
     """One `etude local` run of a stack: the child processes it started and where everything goes."""
 
     def __init__(self, exp: Experiment, *, out: str, models_dir: str, port: int, ramp_seconds: int | None,
-                 hold_seconds: int | None, ready_timeout_s: float, console: Any) -> None:
+                 hold_seconds: int | None, ready_timeout_s: float, console: Console) -> None:
         self.exp = exp
         self.out = out
         self.models_dir = models_dir
@@ -261,7 +269,7 @@ class LocalRun:
             log.warning("could not write %s: %s", uri, err)
 
     # -- one variant -------------------------------------------------------------------------------------------
-    def _run_variant(self, outcome: Outcome, position: str, show: Any) -> None:
+    def _run_variant(self, outcome: Outcome, position: str, show: Show) -> None:
         v, exp = outcome.variant, self.exp
         outcome.results = commands.results_uri(exp, v, self.out)
         logs = self._logs_dir(outcome.results)
@@ -305,7 +313,7 @@ class LocalRun:
         log.info("model for %s at %s (%.1f s)", outcome.variant.key, uri, (time.perf_counter_ns() - start_ns) / 1e9)
         return True
 
-    def _load(self, outcome: Outcome, base_url: str, server: Any, logs: Path, position: str, show: Any) -> None:
+    def _load(self, outcome: Outcome, base_url: str, server: Child, logs: Path, position: str, show: Show) -> None:
         """Run the load generator(s) against the server: as many shards as Kubernetes would run (shard 0 merges
         their results), watched once a second for the progress display and for a dying server."""
         from etude.progress import MetricsProbe
@@ -400,13 +408,13 @@ class LocalRun:
                 Path(results, name).unlink(missing_ok=True)
 
     @contextmanager
-    def _display(self) -> Iterator[Any]:
+    def _display(self) -> Iterator[Show]:
         """A `show(position, key, elapsed_s, planned_s, target, live)` callable: a live progress bar on a
         terminal, a log line every few seconds otherwise."""
         if not self.console.is_terminal:
             last_ns = [0]
 
-            def log_line(position: str, key: str, elapsed_s: float, planned_s: int, target: int, live: Any) -> None:
+            def log_line(position: str, key: str, elapsed_s: float, planned_s: int, target: int, live: Live) -> None:
                 now = time.perf_counter_ns()
                 if now - last_ns[0] >= LOG_EVERY_S * 1e9:
                     last_ns[0] = now
@@ -421,9 +429,9 @@ class LocalRun:
         progress = Progress(TextColumn("[bold]variant {task.fields[position]}[/] {task.description}"), BarColumn(),
                             TextColumn("{task.completed:.0f}/{task.total:.0f} s"), TimeElapsedColumn(),
                             TextColumn("{task.fields[live]}"), console=self.console, transient=False)
-        tasks: dict[str, Any] = {}
+        tasks: dict[str, TaskID] = {}
 
-        def update(position: str, key: str, elapsed_s: float, planned_s: int, target: int, live: Any) -> None:
+        def update(position: str, key: str, elapsed_s: float, planned_s: int, target: int, live: Live) -> None:
             if key not in tasks:
                 tasks[key] = progress.add_task(key, total=planned_s, position=position, live="")
             progress.update(tasks[key], completed=min(elapsed_s, planned_s),
@@ -444,14 +452,14 @@ class LocalRun:
                 root.addHandler(h)
 
 
-def _live_text(live: Any) -> str:
+def _live_text(live: Live) -> str:
     rate = "-" if live.rate_rps is None else f"{live.rate_rps:.0f}"
     p90 = "-" if live.p90_ms is None else f"{live.p90_ms:.1f} ms"
     errors = "-" if live.errors is None else str(live.errors)
     return f"rate {rate} rps, p90 {p90} (server, last 5 s), errors {errors}"
 
 
-def print_table(exp: Experiment, outcomes: Sequence[Outcome], console: Any) -> None:
+def print_table(exp: Experiment, outcomes: Sequence[Outcome], console: Console) -> None:
     from rich.table import Table
 
     sc = exp.scenario

@@ -207,8 +207,8 @@ def _runs_section(runs: list[RunResult]) -> list[str]:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(s.errors.items())) or "0"
         table.append([r.stack, r.label, spec.model or "-", spec.runtime or "-",
                       f"{spec.replicas} x {spec.instance_type}",
-                      f"{s.requests:,}", f"{s.ok:,}", errors, f"{s.held_back:,}", _ms(lat and lat.p50),
-                      _ms(lat and lat.p90), _ms(lat and lat.p99), f"{s.achieved_rps:,.1f}",
+                      f"{s.requests:,}", f"{s.ok:,}", errors, f"{s.held_back:,}", _ms(lat.p50 if lat else None),
+                      _ms(lat.p90 if lat else None), _ms(lat.p99 if lat else None), f"{s.achieved_rps:,.1f}",
                       f"{s.max_rps_within_slo:,.1f}", "yes" if s.slo_met else "no",
                       "partial" if s.partial else "complete"])
     return ["## Runs", "", "Latency in ms of ok answers, from the actual send.", ""] + _table(
@@ -254,7 +254,8 @@ def _infratest_section(runs: list[RunResult], staging: Path) -> list[str]:
     for run, _ in pairs:
         s = run.summary
         errors = sum(s.errors.values())
-        md += [f"- **{run.label}**: target {s.spec.target_rps:,} rps, p90 {_ms(s.latency_ms and s.latency_ms.p90)} ms, "
+        p90 = _ms(s.latency_ms.p90 if s.latency_ms else None)
+        md += [f"- **{run.label}**: target {s.spec.target_rps:,} rps, p90 {p90} ms, "
                f"{errors:,} errors of {s.requests:,} requests, max rps within SLO {s.max_rps_within_slo:,.0f}."]
     return md + ["", f"![infrastructure test]({name})", ""]
 

@@ -108,7 +108,7 @@ class Scenario(ConfigModel):
 
 def embedding_dim(catalog_size: int) -> int:
     """The paper's heuristic for the embedding size of built-in models: d = ceil(C ** 0.25)."""
-    return math.ceil(catalog_size**0.25)
+    return int(math.ceil(catalog_size**0.25))
 
 
 _DNS = re.compile(r"[^a-z0-9-]+")

@@ -11,7 +11,7 @@ import os
 import tempfile
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from etude.errors import UsageError
 
@@ -60,7 +60,7 @@ def _blob(uri: str) -> Any:
 def read_bytes(uri: str) -> bytes:
     try:
         if is_gcs(uri):
-            return _blob(uri).download_as_bytes()
+            return cast(bytes, _blob(uri).download_as_bytes())
         return Path(uri).read_bytes()
     except StorageError:
         raise

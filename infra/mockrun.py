@@ -110,7 +110,7 @@ def run(stack: str, overrides: dict[str, Any] | None = None, *, preview: bool = 
         experiment = None  # the program itself reports it
 
     class Mocks(pulumi.runtime.Mocks):
-        def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
             state = dict(args.inputs)
             typ, name = args.typ, args.name
             if typ == "gcp:container/cluster:Cluster":
@@ -138,12 +138,12 @@ def run(stack: str, overrides: dict[str, Any] | None = None, *, preview: bool = 
                                                         monthly_usd=float(args.inputs["monthly_usd"]))
             return f"{name}-id", state
 
-        def call(self, args: pulumi.runtime.MockCallArgs) -> dict:
+        def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
             if args.token == "gcp:organizations/getClientConfig:getClientConfig":
-                return {"accessToken": "mock-token", "project": MOCK_PROJECT}
+                return {"accessToken": "mock-token", "project": MOCK_PROJECT}, []
             if args.token == "gcp:organizations/getProject:getProject":
-                return {"number": "123456789012", "projectId": args.args.get("projectId") or MOCK_PROJECT}
-            return {}
+                return {"number": "123456789012", "projectId": args.args.get("projectId") or MOCK_PROJECT}, []
+            return {}, []
 
     records: list[dict[str, Any]] = []
     outputs: dict[str, Any] = {}
@@ -188,10 +188,14 @@ def run(stack: str, overrides: dict[str, Any] | None = None, *, preview: bool = 
     pulumi.runtime.set_mocks(m, project="etude", stack=stack, preview=preview, monitor=Monitor(m),
                              organization="organization")
     pulumi.runtime.set_all_config({k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()})
-    settings.set_root_resource(None)  # run_in_stack makes the stack resource, as `pulumi up` does
+    settings.set_root_resource(None)  # type: ignore[arg-type]  # run_in_stack makes the stack resource, as `pulumi up` does
     error = None
+
+    def program() -> None:
+        runpy.run_path(str(MAIN), run_name="__main__")
+
     try:
-        loop.run_until_complete(run_in_stack(lambda: runpy.run_path(str(MAIN), run_name="__main__")))
+        loop.run_until_complete(run_in_stack(program))
     except Exception as err:  # noqa: BLE001 - reported to the caller
         error = f"{type(err).__name__}: {err}"
         if os.environ.get("ETUDE_MOCKRUN_TRACEBACK"):

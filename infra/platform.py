@@ -56,7 +56,10 @@ class PlatformOutputs:
     @staticmethod
     def from_stack(ref: pulumi.StackReference) -> PlatformOutputs:
         def get(key: str) -> Output[str]:
-            return ref.get_output(key).apply(lambda v, key=key: _required(ref, key, v))
+            def required(value: object) -> str:
+                return _required(ref, key, value)
+
+            return ref.get_output(key).apply(required)
 
         return PlatformOutputs(
             kubeconfig=Output.secret(get("kubeconfig")),

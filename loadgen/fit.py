@@ -138,7 +138,7 @@ def _as_numpy(column: Any) -> np.ndarray:
     import pyarrow as pa
 
     if pa.types.is_integer(column.type):
-        return column.to_numpy().astype(np.int64)
+        return np.asarray(column.to_numpy(), dtype=np.int64)
     return np.asarray(column.cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
 
 
@@ -175,7 +175,7 @@ def power_sum(alpha: Any, a: Any, b: Any) -> np.ndarray:
     d5 = lambda x: -al * (al + 1) * (al + 2) * (al + 3) * (al + 4) * x ** (-al - 5)  # noqa: E731
     tail = (integral + (f(m) + f(bb)) / 2 + (d1(bb) - d1(m)) / 12 - (d3(bb) - d3(m)) / 720
             + (d5(bb) - d5(m)) / 30240)  # fmt: skip
-    return head + np.where(has_tail, tail, 0.0)
+    return np.asarray(head + np.where(has_tail, tail, 0.0))
 
 
 def fit_power_law(values: np.ndarray, what: str = "values") -> PowerLawFit:
@@ -208,7 +208,7 @@ def _mle(x_min: np.ndarray, mean_log: np.ndarray, x_max: float) -> np.ndarray:
     """Per candidate: argmax of the mean log-likelihood -alpha * mean(log x) - log Z(alpha), golden section."""
 
     def loglik(alpha: np.ndarray) -> np.ndarray:
-        return -alpha * mean_log - np.log(power_sum(alpha, x_min, x_max))
+        return np.asarray(-alpha * mean_log - np.log(power_sum(alpha, x_min, x_max)))
 
     lo, hi = np.full_like(x_min, ALPHA_BOUNDS[0]), np.full_like(x_min, ALPHA_BOUNDS[1])
     c, d = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
@@ -221,7 +221,7 @@ def _mle(x_min: np.ndarray, mean_log: np.ndarray, x_max: float) -> np.ndarray:
         fnew = loglik(new)
         c, d, fc, fd = (np.where(left, new, d), np.where(left, c, new),
                         np.where(left, fnew, fd), np.where(left, fc, fnew))  # fmt: skip
-    return (lo + hi) / 2
+    return np.asarray((lo + hi) / 2)
 
 
 def _ks(alpha: float, uniq: np.ndarray, cnt: np.ndarray, x_max: int) -> float:

@@ -25,7 +25,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,7 +77,7 @@ def requests_table(records: dict[str, np.ndarray]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=_schema(REQUEST_COLUMNS))
 
 
-def counts_table(ticks: dict[str, Sequence[int]]) -> pa.Table:
+def counts_table(ticks: Mapping[str, Sequence[int]]) -> pa.Table:
     """Per-second counters (TICK_COUNTERS of the runner) as a table, percentiles still missing."""
     import pyarrow as pa
 

@@ -111,7 +111,7 @@ class RunResult:
 class Runner:
     """One run of the schedule against one server. `sessions` must yield sessions (item ids) for as long as needed."""
 
-    def __init__(self, config: RunConfig, sessions: Iterator[Sequence[int]]) -> None:
+    def __init__(self, config: RunConfig, sessions: Iterator[Sequence[int] | np.ndarray]) -> None:
         self.config = config
         self._sessions = sessions
         self._url = client.recommend_url(config.base_url)

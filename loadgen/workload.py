@@ -193,7 +193,7 @@ class ItemPopularity:
             late = late[self.cum_mass[g[late]] <= x[late]]
         within = ((x - self.below[g]) / self.values[g]).astype(np.int64)
         np.minimum(within, self.sizes[g] - 1, out=within)  # guards float rounding at a group's top
-        return self.order[self.start[g] + within].astype(np.int64)
+        return np.asarray(self.order[self.start[g] + within], dtype=np.int64)
 
 
 class SyntheticWorkload:

@@ -12,9 +12,12 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from etude.errors import UsageError
+
+if TYPE_CHECKING:
+    from loadgen.workload import PowerLaw
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ def check_clicklog_alone(args: argparse.Namespace) -> None:
         raise UsageError("give either --clicklog or a synthetic workload (--preset / --alpha-*), not both")
 
 
-def laws_from_args(args: argparse.Namespace) -> Any:
+def laws_from_args(args: argparse.Namespace) -> tuple[PowerLaw, PowerLaw]:
     """(session length law, item clicks law) from the flags of `add_workload_args`; UsageError when invalid."""
     from loadgen.workload import workload_laws
 

@@ -199,7 +199,8 @@ class TransformerLayer(nn.Module):
         ctx = torch.matmul(torch.softmax(att, dim=-1), v).transpose(1, 2).reshape(x.shape)  # [B, L, d]
         h = self.attn_norm(self.dense(ctx) + x)
         ff = self.ff_out(nn.functional.gelu(self.ff_in(h)))
-        return self.ff_norm(ff + h)
+        out: Tensor = self.ff_norm(ff + h)  # [B, L, d]
+        return out
 
 
 class TransformerEncoder(nn.Module):

@@ -21,6 +21,8 @@ from models.common import (
 
 
 class CORE(SessionModel):
+    inv_norm: Tensor  # [C + 1] buffer: 1 / the norm of each item embedding
+
     def __init__(self, *, catalog_size: int, dim: int, layers: int = 2, heads: int = 2) -> None:
         super().__init__(catalog_size=catalog_size, dim=dim)
         self.position_embedding = nn.Embedding(MAX_SESSION_LENGTH, dim)

@@ -64,7 +64,8 @@ class LightLayer(nn.Module):
         pos_bias = torch.softmax(torch.matmul(pq, pk.transpose(-1, -2)) / scale, dim=-2)  # [1, h, L, L]
         ctx = (ctx_item + torch.matmul(pos_bias, v_pos)).transpose(1, 2).reshape(x.shape)  # [B, L, d]
         h = self.attn_norm(self.dense(ctx) + x)
-        return self.ff_norm(self.ff_out(nn.functional.gelu(self.ff_in(h))) + h)
+        out: Tensor = self.ff_norm(self.ff_out(nn.functional.gelu(self.ff_in(h))) + h)  # [B, L, d]
+        return out
 
 
 class LightSANs(SessionModel):

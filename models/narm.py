@@ -21,4 +21,5 @@ class NARM(SessionModel):
         mask = (seq > 0).unsqueeze(2).to(out.dtype)  # [B, L, 1]
         alpha = self.v_t(mask * torch.sigmoid(self.a_1(out) + self.a_2(c_global).unsqueeze(1)))  # [B, L, 1]
         c_local = (alpha * out).sum(1)  # [B, d]
-        return self.b(torch.cat([c_local, c_global], 1))  # [B, d]
+        hidden: Tensor = self.b(torch.cat([c_local, c_global], 1))  # [B, d]
+        return hidden

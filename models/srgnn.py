@@ -28,4 +28,5 @@ class SRGNN(SessionModel):
         alpha = self.linear_three(torch.sigmoid(self.linear_one(ht).unsqueeze(1) + self.linear_two(seq_hidden)))
         mask = (seq > 0).unsqueeze(2).to(seq_hidden.dtype)  # [B, L, 1]
         a = (alpha * seq_hidden * mask).sum(1)  # [B, d]
-        return self.linear_transform(torch.cat([a, ht], 1))  # [B, d]
+        out: Tensor = self.linear_transform(torch.cat([a, ht], 1))  # [B, d]
+        return out

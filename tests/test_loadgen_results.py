@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +36,7 @@ def spec(ramp: int, hold: int, rate: int, slo_ms: float = 50.0, shard: str | Non
 
 
 def fake_run(
-    latency_ms_per_tick: list[list[float]],
+    latency_ms_per_tick: Sequence[Sequence[float]],
     targets: list[int],
     *,
     status: dict[int, int] | None = None,

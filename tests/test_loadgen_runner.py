@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -21,7 +21,7 @@ from loadgen.schedule import NS_PER_S, tick_targets
 C = 1000
 
 
-def endless(sessions: Iterable[Sequence[int]]) -> object:
+def endless(sessions: Iterable[Sequence[int]]) -> Iterator[Sequence[int]]:
     """Cycle through `sessions` (a plain iterator is all the runner needs; loadgen.workload supplies real ones)."""
     while True:
         yield from sessions

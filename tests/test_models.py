@@ -116,9 +116,9 @@ def test_k_outside_one_to_catalog_size_is_refused(name: str) -> None:
 
 def test_weights_come_from_the_seed() -> None:
     a, b, c = build_model("gru4rec", C, seed=1), build_model("gru4rec", C, seed=1), build_model("gru4rec", C, seed=2)
-    assert torch.equal(a.item_embedding.weight, b.item_embedding.weight)
-    assert not torch.equal(a.item_embedding.weight, c.item_embedding.weight)
-    assert a.item_embedding.weight.shape == (C + 1, 5)  # d = ceil(500 ** 0.25)
+    assert torch.equal(a.get_parameter("item_embedding.weight"), b.get_parameter("item_embedding.weight"))
+    assert not torch.equal(a.get_parameter("item_embedding.weight"), c.get_parameter("item_embedding.weight"))
+    assert a.get_parameter("item_embedding.weight").shape == (C + 1, 5)  # d = ceil(500 ** 0.25)
 
 
 def test_tiny_catalog() -> None:
@@ -135,7 +135,7 @@ def test_a_batch_reads_the_item_table_once(batch: int) -> None:
     seq = torch.randint(0, catalog, (batch, 7))
     with torch.inference_mode(), torch.profiler.profile(record_shapes=True) as prof:
         model(seq, torch.full((batch,), 7), K)
-    d = model.item_embedding.weight.size(1)
+    d = model.get_parameter("item_embedding.weight").size(1)
     scored_rows = []
     for e in prof.events():
         shapes = e.input_shapes

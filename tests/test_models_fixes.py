@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from models.common import prepare_session, session_graph
 from models.export import to_torchscript
 from models.gcsan import GCSAN
 from models.registry import build_model
+from models.repeatnet import RepeatNet
 from models.srgnn import SRGNN
 
 C = 300
@@ -41,7 +44,7 @@ def recbole_graph(seq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return np.array(items), np.array(alias), np.array(a_in), np.array(a_out)
 
 
-def numpy_graph(seq: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def numpy_graph(seq: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     nodes, alias, a_in, a_out = recbole_graph(seq.cpu().numpy())
     return (
         torch.as_tensor(nodes),
@@ -148,7 +151,7 @@ def test_graph_is_built_on_the_model_device_without_numpy() -> None:
     assert "numpy" not in graph and "aten::cpu" not in graph and "prim::PythonOp" not in graph
 
 
-def dense_repeatnet(model: torch.nn.Module, seq: torch.Tensor, lens: torch.Tensor, k: int) -> torch.Tensor:
+def dense_repeatnet(model: RepeatNet, seq: torch.Tensor, lens: torch.Tensor, k: int) -> torch.Tensor:
     """RecBole's formulation: dense one-hot [B, L, C] maps for the repeat decoder and the explore mask."""
     shifted, lens = prepare_session(seq, lens, 50)
     p, a_r, query = model.parts(shifted, lens)
@@ -174,7 +177,7 @@ def test_repeatnet_matches_the_dense_reference() -> None:
     ]
     seq, lens = batch(rows)
     with torch.inference_mode():
-        expected = dense_repeatnet(model, seq, lens, K)
+        expected = dense_repeatnet(cast(RepeatNet, model), seq, lens, K)
         assert torch.equal(model(seq, lens, K), expected)
         assert torch.equal(scripted(seq, lens, K), expected)
 
@@ -185,7 +188,7 @@ def test_repeatnet_builds_nothing_of_size_batch_times_catalog() -> None:
     model = build_model("repeatnet", catalog)
     seq = torch.randint(0, catalog, (batch_size, length))
     lens = torch.full((batch_size,), length)
-    tables = {model.item_embedding.weight.numel(), model.explore.weight.numel()}
+    tables = {model.get_parameter("item_embedding.weight").numel(), model.get_parameter("explore.weight").numel()}
     with torch.inference_mode(), torch.profiler.profile(record_shapes=True) as prof:
         model(seq, lens, K)
     sizes = [int(np.prod(s)) for e in prof.events() for s in e.input_shapes if s]

@@ -32,8 +32,8 @@ def _start_all_runs() -> None:
     """Start every run this module needs at once: they run in parallel in their own interpreters."""
     for stack in ALL_STACKS:
         mockrun.start(stack)
-    for overrides in (OWN_PLATFORM, SEQUENTIAL, RUN_2, PREBUILT):
-        mockrun.start("fashion", overrides)
+    for fashion in (OWN_PLATFORM, SEQUENTIAL, RUN_2, PREBUILT):
+        mockrun.start("fashion", fashion)
     mockrun.start("dev", UNPROTECTED)
     for stack, overrides, _ in INVALID:
         mockrun.start(stack, overrides)
@@ -269,7 +269,7 @@ def test_the_platform_stack_reference_name() -> None:
 
 # ---- invalid config fails before any resource ------------------------------------------------------------------
 
-INVALID = [
+INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("fashion", {"etude:variants": [{"model": "sasrec", "instanceType": "tpu-v5"}]},
      "etude:variants.0.instanceType = 'tpu-v5': unknown instance type; known: cpu, gpu-t4"),
     ("fashion", {"etude:sequentail": True}, "etude:sequentail: unknown key"),

@@ -22,6 +22,7 @@ def test_reader_turns_summary_json_in_the_bucket_into_outputs(gcs_bucket: str) -
 
     props = {"results_uri": uri, "monthly_usd": exp.monthly_usd(variant), "job": "j", "job_uid": "u", "metrics": None}
     created = ResultsReader().create(props)
+    assert created.outs is not None
     metrics = created.outs["metrics"]
     assert set(metrics) == set(METRIC_KEYS)
     assert metrics["p90Ms"] == pytest.approx(summary.latency_ms.p90)
@@ -53,7 +54,7 @@ def test_reader_reads_again_when_the_run_changes_and_never_deletes_results() -> 
     assert ResultsReader().diff("id", old, same).changes is False
     new = {**same, "results_uri": "gs://b/results/s/2/v", "job": "j2", "job_uid": "u2"}
     diff = ResultsReader().diff("id", old, new)
-    assert diff.changes is True and set(diff.replaces) == {"results_uri", "job", "job_uid"}
+    assert diff.changes is True and set(diff.replaces or []) == {"results_uri", "job", "job_uid"}
     assert ResultsReader().delete("id", old) is None  # the bucket keeps the files
 
 

@@ -71,8 +71,8 @@ def test_under_load_a_forming_batch_is_held_at_most_max_delay_and_never_at_light
         # light load: a request arriving during a batch runs right after it, never held
         first = b.submit(0)
         await asyncio.sleep(0.005)
-        second = await asyncio.gather(first, b.submit(1))
-        assert second[1].queue_ns / 1e9 < 0.2 and b.busy_share < 0.5
+        pair = await asyncio.gather(first, b.submit(1))
+        assert pair[1].queue_ns / 1e9 < 0.2 and b.busy_share < 0.5
         # load: back-to-back batches keep the inference thread busy
         for i in range(20):
             await b.submit(i)
@@ -115,7 +115,8 @@ def test_failing_batch_fails_only_its_own_requests() -> None:
 
 def test_wrong_result_count_fails_every_waiter_of_the_batch() -> None:
     async def body() -> None:
-        b = DynamicBatcher(lambda items: items[:-1], max_batch_size=10, max_delay_ms=0, max_queue=100)
+        b: DynamicBatcher[int, int] = DynamicBatcher(lambda items: items[:-1], max_batch_size=10, max_delay_ms=0,
+                                                     max_queue=100)
         results = await asyncio.gather(b.submit(1), b.submit(2), return_exceptions=True)
         assert all(isinstance(r, BatchFailed) and "results for a batch of" in r.message for r in results)
         await b.drain()

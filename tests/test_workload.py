@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +202,7 @@ def test_a_catalog_of_one_item() -> None:
 # --- replaying a real log ------------------------------------------------------------------------------------
 
 
-def write_log(path: Path, rows: list[tuple[object, ...]], header: str = "session_id,item_id,timestamp") -> Path:
+def write_log(path: Path, rows: Sequence[tuple[object, ...]], header: str = "session_id,item_id,timestamp") -> Path:
     path.write_text(header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
     return path
 

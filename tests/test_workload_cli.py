@@ -97,7 +97,7 @@ def test_interrupted_generate_leaves_no_file(
 ) -> None:
     real = SyntheticWorkload.clicks
 
-    def interrupted(self: SyntheticWorkload, n_clicks: int, batch: int = 1 << 20):  # type: ignore[no-untyped-def]
+    def interrupted(self: SyntheticWorkload, n_clicks: int, batch: int = 1 << 20):  # noqa: ANN202
         chunks = real(self, n_clicks, batch)
         yield next(chunks)
         yield next(chunks)
@@ -116,7 +116,7 @@ def test_generate_replaces_an_existing_file_only_when_done(
     out = tmp_path / "clicks.csv"
     out.write_text("old\n")
 
-    def broken(self: SyntheticWorkload, n_clicks: int, batch: int = 1 << 20):  # type: ignore[no-untyped-def]
+    def broken(self: SyntheticWorkload, n_clicks: int, batch: int = 1 << 20):  # noqa: ANN202
         yield from ()
         raise OSError("disk full")
 
