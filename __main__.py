@@ -2,7 +2,7 @@
 
 Reads and validates the whole stack config first (an invalid value fails here, naming the key, before any
 resource), then declares the resources (`infra.program.build`) and exports the results as stack outputs.
-This side never imports torch, numpy or the serving/loadgen/models packages (DESIGN.md, "Two sides, one seam").
+This side never imports torch, numpy or the serving/loadgen/models packages (docs/design.md, "Two sides, one seam").
 """
 
 import pulumi

@@ -12,7 +12,8 @@ from etude.server_defaults import MAX_BATCH_SIZE, MAX_DELAY_MS
 from etude.spec import Experiment, Variant
 
 SERVER_PORT = 8080
-# The server's HTTP API (DESIGN.md): readiness, recommendations, and the number of items asked for by default.
+# The server's HTTP API (docs/design.md, "HTTP API of the inference server"):
+# readiness, recommendations, and the number of items asked for by default.
 PING_PATH = "/ping"
 RECOMMEND_PATH = "/v1/recommend"
 DEFAULT_K = 21

@@ -1,4 +1,4 @@
-"""The result-file contract of one load-generator run (DESIGN.md), shared by loadgen, report and Pulumi outputs.
+"""The result-file contract of one load-generator run (docs/design.md), shared by loadgen, report and Pulumi outputs.
 
 A run folder (local or `gs://bucket/prefix`) holds `summary.json` (this module's `Summary`),
 `requests.parquet` (one row per request) and `timeline.parquet` (one row per one-second tick).

@@ -1,4 +1,4 @@
-"""Result folders of a load-generator run (contract: etude/results.py, DESIGN.md): building, writing, merging.
+"""Result folders of a load-generator run (contract: etude/results.py, docs/design.md): building, writing, merging.
 
 Definitions (also in docs/benchmarks.md and the README):
 - Percentiles are nearest-rank (`numpy.percentile(method="inverted_cdf")`): p90 <= X means at least 90 % of the

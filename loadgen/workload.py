@@ -8,9 +8,9 @@ CDF of those C counts: item i is clicked with probability counts[i] / sum(counts
 Laws and supports
 - Exponent mode (`--alpha-length A --alpha-clicks B`, 0 < alpha <= 10): session lengths on [1, 200]
   (`SESSION_LENGTH_SUPPORT`), item click counts on [1, 100000] (`ITEM_CLICKS_SUPPORT`).
-- Presets reproduce the fits in DESIGN.md, `scipy.stats.powerlaw(a, loc, scale)` with density proportional to
-  (t - loc)^-(1 - a) on [loc, loc + scale]. A click count or session length is an integer, so the preset law is
-  the integer part of a draw from that fit (`BinnedPowerLaw`): P(k) = F(k + 1) - F(k) with
+- Presets reproduce the fits in docs/design.md ("Workload presets"), `scipy.stats.powerlaw(a, loc, scale)` with
+  density proportional to (t - loc)^-(1 - a) on [loc, loc + scale]. A click count or session length is an
+  integer, so the preset law is the integer part of a draw from that fit (`BinnedPowerLaw`): P(k) = F(k + 1) - F(k) with
   F(t) = ((t - loc) / scale)^a, on [loc, loc + scale - 1]. The integer part (rather than the ceiling) keeps
   the fit's mass at the observed minimum (loc) where the fit puts it; its tail is a power law with
   exponent alpha = 1 - a. A plain x^-(1 - a) law would not reproduce the fit: for bol.com session lengths it
@@ -94,7 +94,7 @@ class BinnedPowerLaw(PowerLaw):
     """Integer part of a continuous power law with density proportional to (t - x_min)^-alpha on [x_min, x_max + 1).
 
     That is `floor(X)` for X ~ `scipy.stats.powerlaw(a=1 - alpha, loc=x_min, scale=x_max - x_min + 1)`, the
-    form of the fitted statistics in DESIGN.md; needs alpha < 1. Its tail decays as x^-alpha.
+    form of the fitted statistics in docs/design.md ("Workload presets"); needs alpha < 1. Its tail decays as x^-alpha.
     """
 
     def __post_init__(self) -> None:
@@ -123,7 +123,7 @@ class BinnedPowerLaw(PowerLaw):
         return self.pmf()
 
 
-# (session length, item clicks) per preset: the scipy.stats.powerlaw(a, loc, scale) fits of DESIGN.md.
+# (session length, item clicks) per preset: the scipy.stats.powerlaw(a, loc, scale) fits (docs/design.md).
 PRESETS: dict[str, tuple[PowerLaw, PowerLaw]] = {
     "bolcom": (BinnedPowerLaw.from_scipy(0.07004, 2, 277), BinnedPowerLaw.from_scipy(0.04069, 1, 2335)),
     "rsc15": (BinnedPowerLaw.from_scipy(0.10325, 1, 199), BinnedPowerLaw.from_scipy(0.07981, 1, 147418)),

@@ -1,5 +1,6 @@
-"""Synthetic workload (Algorithm 1): the laws match their exponents and the DESIGN.md fits, items follow the
-sampled click counts, the streams are lazy, whole-session and reproducible, and a real log replays in order."""
+"""Synthetic workload (Algorithm 1): the laws match their exponents and the published fits (docs/design.md),
+items follow the sampled click counts, the streams are lazy, whole-session and reproducible, and a real log
+replays in order."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from loadgen.workload import (
     workload_laws,
 )
 
-# The fits of DESIGN.md: scipy.stats.powerlaw(a, loc, scale) for (session length, item clicks).
+# The fits in docs/design.md ("Workload presets"): scipy.stats.powerlaw(a, loc, scale), (session length, clicks).
 DESIGN_FITS = {
     "bolcom": ((0.07004, 2, 277), (0.04069, 1, 2335)),
     "rsc15": ((0.10325, 1, 199), (0.07981, 1, 147418)),
