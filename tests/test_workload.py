@@ -26,7 +26,7 @@ from loadgen.workload import (
 )
 
 # The fits in docs/design.md ("Workload presets"): scipy.stats.powerlaw(a, loc, scale), (session length, clicks).
-DESIGN_FITS = {
+PUBLISHED_FITS = {
     "bolcom": ((0.07004, 2, 277), (0.04069, 1, 2335)),
     "rsc15": ((0.10325, 1, 199), (0.07981, 1, 147418)),
 }
@@ -60,7 +60,7 @@ def test_power_law_samples_follow_x_to_the_minus_alpha(alpha: float) -> None:
 def test_presets_reproduce_the_scipy_fits_of_design_md(preset: str) -> None:
     rng = np.random.default_rng(2)
     n = 200_000
-    for law, (a, loc, scale) in zip(PRESETS[preset], DESIGN_FITS[preset], strict=True):
+    for law, (a, loc, scale) in zip(PRESETS[preset], PUBLISHED_FITS[preset], strict=True):
         assert isinstance(law, BinnedPowerLaw) and law.scipy_params == pytest.approx((a, loc, scale))
         fitted = stats.powerlaw(a, loc=loc, scale=scale)
         k = law.support()
