@@ -21,9 +21,6 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/mypy --allow-untyped-defs --allow-incomplete-defs --allow-any-generics --no-warn-return-any \
-		--disable-error-code union-attr --disable-error-code func-returns-value --disable-error-code override \
-		--cache-dir .mypy_cache/tests tests benchmarks
 	$(BIN)/python -m pytest -q
 
 .PHONY: setup demo test
