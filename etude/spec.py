@@ -106,6 +106,11 @@ class Scenario(ConfigModel):
         """The paper's heuristic d = ceil(C ** 0.25)."""
         return math.ceil(self.catalog_size**0.25)
 
+    @property
+    def embedding_bytes(self) -> int:
+        """Size of the item embeddings (C x d float32): the bulk of a built-in model's file."""
+        return self.catalog_size * self.embedding_dim * 4
+
 
 _DNS = re.compile(r"[^a-z0-9-]+")
 
