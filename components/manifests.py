@@ -322,8 +322,8 @@ def loadgen_job(
         pod_failure_policy=batch.PodFailurePolicyArgs(rules=[
             batch.PodFailurePolicyRuleArgs(action="Ignore", on_pod_conditions=[
                 batch.PodFailurePolicyOnPodConditionsPatternArgs(type="DisruptionTarget", status="True")]),
-            batch.PodFailurePolicyRuleArgs(action="FailJob", on_exit_codes=batch.PodFailurePolicyOnExitCodesRequirementArgs(
-                operator="NotIn", values=[0])),
+            batch.PodFailurePolicyRuleArgs(action="FailJob", on_exit_codes=(
+                batch.PodFailurePolicyOnExitCodesRequirementArgs(operator="NotIn", values=[0]))),
         ]),
         completions=shards,
         parallelism=shards,

@@ -3,8 +3,8 @@
 `VariantResults` is created after the variant's load-generator Job completed; its `create` reads
 `<results_uri>/summary.json` with google-cloud-storage (the caller's application default credentials, e.g.
 `gcloud auth application-default login`, billed to the platform's project, passed explicitly: a use-case stack
-sets no `gcp:project` and the credentials may name none) and turns it into flat metrics. Any input change (a new runId, a new Job)
-replaces it, i.e. reads the new results. `delete` does nothing: results stay in the bucket.
+sets no `gcp:project` and the credentials may name none) and turns it into flat metrics. Any input change (a new
+runId, a new Job) replaces it, i.e. reads the new results. `delete` does nothing: results stay in the bucket.
 
 `metrics_from_summary` is the pure part, shared with the tests' mocks.
 """

@@ -40,7 +40,7 @@ class Images:
 def build_paths() -> tuple[str, str]:
     """The build context and the Dockerfile, relative to the working directory (the project when Pulumi runs)."""
     context = os.path.relpath(PROJECT_DIR)
-    return context, os.path.join(context, "Dockerfile")
+    return context, os.path.relpath(PROJECT_DIR / "Dockerfile")
 
 
 def image_repository(stack: str) -> str:

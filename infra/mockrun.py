@@ -187,7 +187,8 @@ def run(stack: str, overrides: dict[str, Any] | None = None, *, preview: bool = 
 
     class Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            logs.append({"level": record.levelname.lower(), "message": record.getMessage()})
+            logs.append({"level": record.levelname.lower(), "message": record.getMessage(),
+                         "resources_before": len(records)})
 
     engine_log = logging.getLogger("etude.mockrun.engine")
     engine_log.propagate = False

@@ -5,8 +5,8 @@ Least privilege: the workload's Google service account holds `roles/storage.obje
 and nothing else (no project-wide role, no key); pods reach it through Workload Identity via a Kubernetes service
 account named after the platform stack (`etude-runner-<stack>`). Workload Identity principals are the same in
 every cluster of a project ("identity sameness"), so a fixed name would let the pods of one platform's cluster
-act as every other platform's service account in that project. The nodes may pull from the repository (`roles/artifactregistry.reader` on the
-repository only). The namespace enforces the `restricted` Pod Security Standard.
+act as every other platform's service account in that project. The nodes may pull from the repository
+(`roles/artifactregistry.reader` on the repository only). The namespace enforces the `restricted` Pod Security Standard.
 
 Use-case stacks read `PlatformOutputs` either from this component (same stack) or through a StackReference.
 """
