@@ -211,7 +211,8 @@ def test_sequential_scales_each_measured_variant_to_zero_before_the_next_starts(
     again = mockrun.result("fashion", SEQUENTIAL_RUN_2)
     for key in keys:
         for suffix in ("scale-down", "server"):
-            assert named(again, f"fashion-{key}-{suffix}")["inputs"]["metadata"]["annotations"][RUN_ID_ANNOTATION] == "2"
+            annotations = named(again, f"fashion-{key}-{suffix}")["inputs"]["metadata"]["annotations"]
+            assert annotations[RUN_ID_ANNOTATION] == "2"
     assert "one variant at a time" in peak_message(sequential)["message"]
 
 
