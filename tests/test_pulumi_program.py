@@ -7,12 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
 from components.experiment import peak_gpus
 from components.manifests import JOB_MARGIN_S, PATCH_FORCE, RUN_ID_ANNOTATION
 from components.results import METRIC_KEYS, metrics_from_summary
 from etude.commands import results_uri
-from etude.spec import available_stacks, load_stack
+from etude.spec import PROJECT_DIR, available_stacks, load_stack
 from infra import mockrun
 from infra.config import read_config
 from infra.kubeconfig import gke_kubeconfig
@@ -367,3 +368,28 @@ def test_invalid_config_fails_before_any_resource(stack: str, overrides: dict[st
     run = mockrun.result(stack, overrides)
     assert run["error"] is not None and message in run["error"]
     assert run["resources"] == []
+
+
+# ---- around the program: the image and the preview workflow ------------------------------------------------
+
+
+def test_the_gpu_containers_path_keeps_the_images_own() -> None:
+    """GPU containers replace PATH (to add the NVIDIA tools), so it must still start with the image's."""
+    from components.manifests import IMAGE_PATH
+
+    final_stage = (PROJECT_DIR / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1]
+    (env,) = [line for line in final_stage.splitlines() if line.startswith("ENV PATH=")]
+    image_dirs = env.split()[1].removeprefix("PATH=").split(":")[:-1]  # before the base image's $PATH
+    assert image_dirs and IMAGE_PATH.split(":")[: len(image_dirs)] == image_dirs
+
+
+def test_the_preview_workflow_runs_trusted_code_with_read_only_roles() -> None:
+    workflow = yaml.safe_load((PROJECT_DIR / ".github/workflows/preview.yml").read_text())
+    text = (PROJECT_DIR / ".github/workflows/preview.yml").read_text()
+    (job,) = workflow["jobs"].values()
+    assert job["environment"] == "pulumi-preview"  # protected: required reviewers, its own secrets
+    assert job["if"] == "github.event.pull_request.head.repo.full_name == github.repository"  # no forks
+    uses = [step["uses"] for step in job["steps"] if "uses" in step]
+    assert "pulumi/actions@v7" in uses
+    assert "container.developer" not in text and "roles/container.viewer" in text
+
