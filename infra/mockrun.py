@@ -183,7 +183,7 @@ def run(stack: str, overrides: dict[str, Any] | None = None, *, preview: bool = 
                 outputs.update(_plain(rpc.deserialize_properties(request.outputs)))
             return super().RegisterResourceOutputs(request)
 
-    logs: list[dict[str, str]] = []  # what the program said through pulumi.log (the engine prints it)
+    logs: list[dict[str, Any]] = []  # what the program said through pulumi.log (the engine prints it)
 
     class Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:

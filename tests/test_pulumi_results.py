@@ -78,7 +78,8 @@ def test_reader_gives_the_storage_client_the_platforms_project(monkeypatch: pyte
     try:
         props = {"results_uri": "gs://b/results/fashion/1/x", "project": "platform-project", "monthly_usd": 1.0,
                  "job": "j", "job_uid": "u", "metrics": None}
-        assert ResultsReader().create(props).outs["metrics"]["variant"] == variant.key
+        outs = ResultsReader().create(props).outs
+        assert outs is not None and outs["metrics"]["variant"] == variant.key
         assert clients == ["platform-project"]
         with pytest.raises(RuntimeError, match="no results.*could not be determined"):
             ResultsReader().create({**props, "project": None})
