@@ -176,4 +176,3 @@ def peak_gpus(exp: Experiment, *, sequential: bool | None = None) -> dict[str, i
             peak[inst.accelerator] = max(peak.get(inst.accelerator, 0), held) if sequential else (
                 peak.get(inst.accelerator, 0) + held)
     return dict(sorted(peak.items()))
-

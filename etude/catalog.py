@@ -4,8 +4,8 @@ Shared by the Pulumi side (scheduling) and the runtime side (local runner, repor
 Prices are per month (730 hours) and come in two kinds, named by each entry's `price_basis`:
 
 - `PAPER_COMMITMENT`: the ETUDE paper's figures (ICDE 2024, Table I): Compute Engine one-year-commitment prices.
-  They reproduce the paper's cost column; they are not what GKE Autopilot bills (no commitment discount applies
-  to Autopilot's per-Pod or per-node premium, and the paper priced a T4 on an E2 machine, which GCP does not offer).
+  They reproduce the paper's cost column; they are not what GKE Autopilot bills (below), and the paper priced a
+  T4 on an E2 machine, which GCP does not offer.
 - `ON_DEMAND`: Compute Engine on-demand list prices of the machine named in `machine`, us-central1, on the date
   given; the Autopilot premium is not included.
 
