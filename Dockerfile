@@ -3,7 +3,8 @@
 # One Dockerfile, two flavours, chosen by the torch wheel index:
 #   CPU  (default):   docker build -t etude:cpu .
 #   CUDA (GPU types): docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t etude:cuda .
-# The CUDA wheels bring the CUDA libraries; the driver is mounted from the GKE GPU node.
+# The CUDA wheels bring the CUDA libraries; GKE mounts the driver at /usr/local/nvidia, and GPU pods get it on
+# LD_LIBRARY_PATH and PATH from their env (components/manifests.py, whose PATH repeats this image's).
 # `pulumi up` builds and pushes both (infra/image.py); runs as the non-root user 10001 with a read-only root.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

@@ -9,9 +9,10 @@ Per variant (model x runtime x instance type x replicas), as children of the com
    (timeout = ramp + hold + margin); its name carries `runId`, so a new runId runs a new Job, servers untouched;
 4. `<name>-<variant>-results`: `summary.json` read back from the bucket (`components.results`).
 
-`sequential: true` chains the variants: each variant's servers and Job wait for the previous variant's Job, so
-the variants never compete for the cluster while measured. Earlier variants' servers stay up until `destroy`
-(a Pulumi program cannot scale them down after their Job without a second `pulumi up`).
+`sequential: true` chains the variants: once a variant's Job is done, `<name>-<variant>-scale-down` (a
+DeploymentPatch) scales its servers to zero, and only then do the next variant's servers start. The variants
+never compete for the cluster, and at most one variant's GPUs are held at a time (`peak_gpus`; docs/design.md,
+"GPU quota and sequential runs").
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from components.manifests import (
     job_timeout_s,
     loadgen_job,
     server_deployment,
+    server_scale_down,
     server_service,
     server_url,
     shard_arg,
@@ -45,6 +47,7 @@ class EtudeExperimentArgs:
     namespace: Input[str]
     service_account: Input[str]  # Kubernetes service account with bucket access (Workload Identity)
     bucket: Input[str]  # models under gs://<bucket>/models, results under gs://<bucket>/results
+    project: Input[str]  # the platform's GCP project: the results reader's storage client needs one
     image_cpu: Input[str]  # CPU servers and the load generator
     image_cuda: Input[str]  # GPU servers
 
@@ -68,10 +71,15 @@ class EtudeExperiment(pulumi.ComponentResource):
         runs_root = bucket.apply(lambda b: f"gs://{b}/results")
         self.deployments, self.services, self.jobs, self.variant_results = {}, {}, {}, {}
 
-        previous: k8s.batch.v1.Job | None = None
+        after: list[pulumi.Resource] = []
         for variant in exp.variants:
-            after: list[pulumi.Resource] = [previous] if exp.sequential and previous is not None else []
-            previous = self._variant(name, args, variant, models_root, runs_root, after)
+            job = self._variant(name, args, variant, models_root, runs_root, after)
+            if exp.sequential:  # the next variant starts once this one's servers are gone
+                metadata, patch_spec = server_scale_down(exp, variant, namespace=args.namespace)
+                scale_down = k8s.apps.v1.DeploymentPatch(
+                    f"{name}-{variant.key}-scale-down", metadata=metadata, spec=patch_spec,
+                    opts=ResourceOptions(parent=self, depends_on=[job]))
+                after = [job, scale_down]
 
         self.results = Output.all(**{k: r.metrics for k, r in self.variant_results.items()})
         self.cheapest_within_slo = self.results.apply(cheapest_within_slo)
@@ -134,6 +142,7 @@ class EtudeExperiment(pulumi.ComponentResource):
         self.variant_results[v.key] = VariantResults(
             f"{base}-results",
             results_uri=out,
+            project=args.project,
             monthly_usd=exp.monthly_usd(v),
             job=job.metadata.apply(lambda m: m.name or ""),
             job_uid=job.metadata.apply(lambda m: m.uid or ""),
@@ -149,3 +158,21 @@ def cheapest_within_slo(results: Mapping[str, Mapping[str, Any]]) -> dict[str, A
         return None
     usd, key = min(met)
     return {"variant": key, "monthlyUsd": usd}
+
+
+def peak_gpus(exp: Experiment, *, sequential: bool | None = None) -> dict[str, int]:
+    """GPUs per accelerator type that the experiment's servers hold at the same time.
+
+    Parallel variants hold all their GPUs at once (the sum); sequential ones one variant at a time (the largest
+    variant), since each is scaled to zero before the next starts. Quota is counted per node, so for the minutes
+    Autopilot takes to remove a finished variant's nodes the next one may wait for it.
+    """
+    sequential = exp.sequential if sequential is None else sequential
+    peak: dict[str, int] = {}
+    for v in exp.variants:
+        inst = v.instance
+        if inst.gpus and inst.accelerator:
+            held = v.replicas * inst.gpus
+            peak[inst.accelerator] = max(peak.get(inst.accelerator, 0), held) if sequential else (
+                peak.get(inst.accelerator, 0) + held)
+    return dict(sorted(peak.items()))

@@ -4,8 +4,11 @@ Pure functions of the spec and a few inputs; `EtudeExperiment` turns them into r
 come in whole from `etude.commands` (the very argv lists `etude local` runs) and are not edited here.
 
 Every pod: non-root, read-only root filesystem, all capabilities dropped, no privilege escalation, RuntimeDefault
-seccomp (the `restricted` Pod Security Standard), a writable emptyDir at /tmp (torch needs a scratch directory),
-the namespace's Workload Identity service account for the bucket.
+seccomp (the `restricted` Pod Security Standard), a writable emptyDir at /tmp (torch needs a scratch directory)
+with a matching ephemeral-storage request, the namespace's Workload Identity service account for the bucket, and
+`safe-to-evict: "false"`, so that Autopilot does not move a pod in the middle of a measurement (scale-down,
+node upgrades). A load-generator pod that is evicted anyway (a `DisruptionTarget` condition) is run again; one
+that fails on its own fails the Job at once.
 """
 
 from __future__ import annotations
@@ -29,11 +32,24 @@ meta = k8s.meta.v1
 ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 GPU_RESOURCE = "nvidia.com/gpu"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+SAFE_TO_EVICT = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
+PATCH_FORCE = "pulumi.com/patchForce"  # take `spec.replicas` over from the other writer (sequential runs)
+RUN_ID_ANNOTATION = "etude.io/run-id"
+# GKE mounts the NVIDIA driver's libraries and tools into GPU containers at /usr/local/nvidia and asks for them on
+# LD_LIBRARY_PATH and PATH; neither the device plugin nor the python base image sets them. PATH keeps the image's
+# own entries (the Dockerfile: /opt/etude/bin first, where `etude` lives).
+NVIDIA_LIB_DIR = "/usr/local/nvidia/lib64"
+NVIDIA_BIN_DIR = "/usr/local/nvidia/bin"
+IMAGE_PATH = "/opt/etude/bin:/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
 RUN_AS_USER = 10001  # the `etude` user of the Dockerfile
 TERMINATION_GRACE_S = 30
 LOADGEN_CPU = "2"
 LOADGEN_MEMORY = "4Gi"
-TMP_SIZE = "2Gi"
+TMP_SIZE = "2Gi"  # the load generator's scratch space
+SERVER_SCRATCH_BASE_BYTES = 1 << 30  # torch's caches, logs
+# A server pod's scratch space: its base plus this many copies of the model file (a download or an export that
+# spills to /tmp). The built-in models' file is about the size of their item embeddings, C x d x 4 bytes.
+MODEL_FILE_FACTOR = 1
 # Time the load-generator Job may take beyond ramp + hold: a node to come up on Autopilot, image pull,
 # waiting for /ping, warm-up, writing the results.
 JOB_MARGIN_S = 20 * 60
@@ -89,6 +105,12 @@ def job_timeout_s(exp: Experiment) -> int:
     return exp.scenario.ramp_seconds + exp.scenario.hold_seconds + JOB_MARGIN_S
 
 
+def server_scratch(exp: Experiment) -> str:
+    """The ephemeral storage of a server pod (emptyDir limit and request): base + factor x the model's size."""
+    size = SERVER_SCRATCH_BASE_BYTES + MODEL_FILE_FACTOR * exp.scenario.embedding_bytes
+    return f"{-(-size // (1 << 20))}Mi"
+
+
 def _container_security() -> core.SecurityContextArgs:
     return core.SecurityContextArgs(
         run_as_non_root=True,
@@ -115,8 +137,15 @@ _ENV = [
     core.EnvVarArgs(name="HOME", value="/tmp"),  # caches of torch and friends go to the writable /tmp
     core.EnvVarArgs(name="XDG_CACHE_HOME", value="/tmp/.cache"),
 ]
+_GPU_ENV = [
+    core.EnvVarArgs(name="LD_LIBRARY_PATH", value=NVIDIA_LIB_DIR),
+    core.EnvVarArgs(name="PATH", value=f"{NVIDIA_BIN_DIR}:{IMAGE_PATH}"),
+]
 _TMP_MOUNT = [core.VolumeMountArgs(name="tmp", mount_path="/tmp")]
-_TMP_VOLUME = [core.VolumeArgs(name="tmp", empty_dir=core.EmptyDirVolumeSourceArgs(size_limit=TMP_SIZE))]
+
+
+def _tmp_volume(size: str) -> list[core.VolumeArgs]:
+    return [core.VolumeArgs(name="tmp", empty_dir=core.EmptyDirVolumeSourceArgs(size_limit=size))]
 
 
 def server_deployment(
@@ -132,7 +161,8 @@ def server_deployment(
     """The inference servers of a variant: `replicas` pods on the variant's instance type, ready on GET /ping."""
     names = VariantNames.of(exp, variant)
     inst = variant.instance
-    requests = {"cpu": inst.cpu, "memory": inst.memory}
+    scratch = server_scratch(exp)
+    requests = {"cpu": inst.cpu, "memory": inst.memory, "ephemeral-storage": scratch}
     limits: dict[str, str] = {"memory": inst.memory}
     if inst.gpus:
         limits[GPU_RESOURCE] = str(inst.gpus)
@@ -152,7 +182,7 @@ def server_deployment(
         name="server",
         image=image,
         command=serve_argv,
-        env=_ENV,
+        env=_ENV + _GPU_ENV if inst.gpus else _ENV,
         ports=[core.ContainerPortArgs(name="http", container_port=SERVER_PORT, protocol="TCP")],
         # Ready = model loaded and warmed up. No liveness probe: an overloaded server answers slowly by design
         # and must not be restarted in the middle of a measurement.
@@ -174,17 +204,32 @@ def server_deployment(
         termination_grace_period_seconds=TERMINATION_GRACE_S,
         init_containers=init or None,
         containers=[server],
-        volumes=_TMP_VOLUME,
+        volumes=_tmp_volume(scratch),
     )
-    metadata = meta.ObjectMetaArgs(name=names.server, namespace=namespace, labels=names.server_labels)
+    # Sequential runs scale a measured variant to zero (`server_scale_down`); a new runId applies `replicas` again
+    # and takes the field back.
+    annotations = {PATCH_FORCE: "true", RUN_ID_ANNOTATION: exp.run_id} if exp.sequential else None
+    metadata = meta.ObjectMetaArgs(name=names.server, namespace=namespace, labels=names.server_labels,
+                                   annotations=annotations)
     spec = apps.DeploymentSpecArgs(
         replicas=variant.replicas,
         selector=meta.LabelSelectorArgs(match_labels=names.server_labels),
         # Recreate: a changed server never needs a second set of (GPU) machines during the rollout.
         strategy=apps.DeploymentStrategyArgs(type="Recreate"),
-        template=core.PodTemplateSpecArgs(metadata=meta.ObjectMetaArgs(labels=names.server_labels), spec=pod),
+        template=core.PodTemplateSpecArgs(
+            metadata=meta.ObjectMetaArgs(labels=names.server_labels, annotations=SAFE_TO_EVICT), spec=pod),
     )
     return metadata, spec
+
+
+def server_scale_down(
+    exp: Experiment, variant: Variant, *, namespace: Input[str]
+) -> tuple[meta.ObjectMetaPatchArgs, apps.DeploymentSpecPatchArgs]:
+    """A patch that scales a measured variant's servers to zero (sequential runs), once per runId."""
+    names = VariantNames.of(exp, variant)
+    metadata = meta.ObjectMetaPatchArgs(name=names.server, namespace=namespace,
+                                        annotations={PATCH_FORCE: "true", RUN_ID_ANNOTATION: exp.run_id})
+    return metadata, apps.DeploymentSpecPatchArgs(replicas=0)
 
 
 def server_service(
@@ -236,7 +281,8 @@ def loadgen_job(
         command=loadgen_argv,
         env=env,
         resources=core.ResourceRequirementsArgs(
-            requests={"cpu": LOADGEN_CPU, "memory": LOADGEN_MEMORY}, limits={"memory": LOADGEN_MEMORY}),
+            requests={"cpu": LOADGEN_CPU, "memory": LOADGEN_MEMORY, "ephemeral-storage": TMP_SIZE},
+            limits={"memory": LOADGEN_MEMORY}),
         security_context=_container_security(),
         volume_mounts=_TMP_MOUNT,
         # On failure the last log lines (the load generator's one-line reason) become the termination message,
@@ -257,7 +303,7 @@ def loadgen_job(
         security_context=_pod_security(),
         termination_grace_period_seconds=TERMINATION_GRACE_S,  # SIGTERM: the generator writes partial results
         containers=[container],
-        volumes=_TMP_VOLUME,
+        volumes=_tmp_volume(TMP_SIZE),
     )
     metadata = meta.ObjectMetaArgs(
         name=names.job,
@@ -269,11 +315,21 @@ def loadgen_job(
         annotations={"pulumi.com/replaceUnready": "true"},
     )
     spec = batch.JobSpecArgs(
-        backoff_limit=0,  # a failed measurement is reported, not silently repeated
+        # A failed measurement is reported, not silently repeated: no retry counts against backoffLimit 0, and
+        # the policy fails the Job on the generator's own non-zero exit. A pod the cluster took away
+        # (DisruptionTarget: eviction, preemption, node shutdown) is ignored, i.e. run again, uncounted.
+        backoff_limit=0,
+        pod_failure_policy=batch.PodFailurePolicyArgs(rules=[
+            batch.PodFailurePolicyRuleArgs(action="Ignore", on_pod_conditions=[
+                batch.PodFailurePolicyOnPodConditionsPatternArgs(type="DisruptionTarget", status="True")]),
+            batch.PodFailurePolicyRuleArgs(action="FailJob", on_exit_codes=(
+                batch.PodFailurePolicyOnExitCodesRequirementArgs(operator="NotIn", values=[0]))),
+        ]),
         completions=shards,
         parallelism=shards,
         completion_mode="Indexed" if shards > 1 else None,
         active_deadline_seconds=job_timeout_s(exp),
-        template=core.PodTemplateSpecArgs(metadata=meta.ObjectMetaArgs(labels=labels), spec=pod),
+        template=core.PodTemplateSpecArgs(metadata=meta.ObjectMetaArgs(labels=labels, annotations=SAFE_TO_EVICT),
+                                          spec=pod),
     )
     return metadata, spec

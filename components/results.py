@@ -2,8 +2,9 @@
 
 `VariantResults` is created after the variant's load-generator Job completed; its `create` reads
 `<results_uri>/summary.json` with google-cloud-storage (the caller's application default credentials, e.g.
-`gcloud auth application-default login`) and turns it into flat metrics. Any input change (a new runId, a new Job)
-replaces it, i.e. reads the new results. `delete` does nothing: results stay in the bucket.
+`gcloud auth application-default login`, billed to the platform's project, passed explicitly: a use-case stack
+sets no `gcp:project` and the credentials may name none) and turns it into flat metrics. Any input change (a new
+runId, a new Job) replaces it, i.e. reads the new results. `delete` does nothing: results stay in the bucket.
 
 `metrics_from_summary` is the pure part, shared with the tests' mocks.
 """
@@ -48,13 +49,14 @@ def metrics_from_summary(summary: Summary, *, results_uri: str, monthly_usd: flo
     }
 
 
-def read_metrics(results_uri: str, monthly_usd: float, job: str = "") -> dict[str, Any]:
-    """Read and validate `<results_uri>/summary.json`; a missing or malformed file is an error that says where."""
+def read_metrics(results_uri: str, monthly_usd: float, job: str = "", project: str | None = None) -> dict[str, Any]:
+    """Read and validate `<results_uri>/summary.json` (storage client of `project`); a missing or malformed file
+    is an error that says where."""
     from etude import storage  # google-cloud-storage is imported lazily inside
 
     uri = storage.join(results_uri, SUMMARY_FILE)
     try:
-        raw = storage.read_bytes(uri)
+        raw = storage.read_bytes(uri, project=project)
     except storage.StorageError as err:
         hint = f"; see `kubectl logs job/{job}`" if job else ""
         raise RuntimeError(f"the load generator left no results: {err}{hint}") from None
@@ -65,14 +67,15 @@ def read_metrics(results_uri: str, monthly_usd: float, job: str = "") -> dict[st
     return metrics_from_summary(summary, results_uri=results_uri, monthly_usd=monthly_usd)
 
 
-_NOT_COMPARED = {"__provider", "metrics"}  # the code of the provider; the output
+_NOT_COMPARED = {"__provider", "metrics", "project"}  # provider code; the output; whom reading is billed to
 
 
 class ResultsReader(ResourceProvider):
     """CRUD of `VariantResults`: create = read the summary, delete = forget it (the bucket keeps the files)."""
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        metrics = read_metrics(props["results_uri"], float(props["monthly_usd"]), props.get("job") or "")
+        metrics = read_metrics(props["results_uri"], float(props["monthly_usd"]), props.get("job") or "",
+                               props.get("project") or None)
         return CreateResult(id_=props["results_uri"], outs={**props, "metrics": metrics})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -97,6 +100,7 @@ class VariantResults(Resource, module="etude", name="VariantResults"):
         name: str,
         *,
         results_uri: pulumi.Input[str],
+        project: pulumi.Input[str],
         monthly_usd: float,
         job: pulumi.Input[str],
         job_uid: pulumi.Input[str],
@@ -104,6 +108,7 @@ class VariantResults(Resource, module="etude", name="VariantResults"):
     ) -> None:
         props = {
             "results_uri": results_uri,
+            "project": project,
             "monthly_usd": monthly_usd,
             "job": job,
             "job_uid": job_uid,  # a replaced Job (same name, new run) means new results

@@ -21,11 +21,13 @@ LOADGEN_RPS_PER_POD = 2000  # one load-generator process sustains more (docs/ben
 
 
 def model_uri(exp: Experiment, variant: Variant, models_root: str) -> str:
-    """Where the variant's serialized model lives: a user's URI as is, a built-in one under `models_root`."""
+    """Where the variant's serialized model lives: a user's URI as is, a built-in one under `models_root`, named
+    by everything the file depends on, the device it is exported for included (a CPU and a GPU artifact differ)."""
     if variant.model_uri is not None:
         return variant.model_uri
     sc = exp.scenario
-    return f"{models_root.rstrip('/')}/{variant.model}-c{sc.catalog_size}-{variant.runtime}-s{sc.seed}.pt"
+    device = variant.instance.device
+    return f"{models_root.rstrip('/')}/{variant.model}-c{sc.catalog_size}-{variant.runtime}-{device}-s{sc.seed}.pt"
 
 
 def run_root(exp: Experiment, results_root: str) -> str:
@@ -39,7 +41,8 @@ def results_uri(exp: Experiment, variant: Variant, results_root: str) -> str:
 
 
 def export_command(exp: Experiment, variant: Variant, out: str) -> list[str]:
-    """Export a built-in model with random weights (seeded) to `out`, unless it is there already."""
+    """Export a built-in model with random weights (seeded) to `out`, unless it is there already, for the device
+    the variant serves on (the export itself runs on the CPU)."""
     if variant.model is None:
         raise ValueError(f"variant {variant.key} serves a user model ({variant.model_uri}); nothing to export")
     sc = exp.scenario
@@ -48,6 +51,7 @@ def export_command(exp: Experiment, variant: Variant, out: str) -> list[str]:
         "--model", variant.model,
         "--catalog-size", str(sc.catalog_size),
         "--runtime", variant.runtime,
+        "--device", variant.instance.device,
         "--seed", str(sc.seed),
         "--out", out,
         "--if-missing",

@@ -105,6 +105,11 @@ class Scenario(ConfigModel):
     def embedding_dim(self) -> int:
         return embedding_dim(self.catalog_size)
 
+    @property
+    def embedding_bytes(self) -> int:
+        """Size of the item embeddings (C x d float32): the bulk of a built-in model's file."""
+        return self.catalog_size * self.embedding_dim * 4
+
 
 def embedding_dim(catalog_size: int) -> int:
     """The paper's heuristic for the embedding size of built-in models: d = ceil(C ** 0.25)."""

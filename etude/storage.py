@@ -39,28 +39,29 @@ def join(uri: str, *parts: str) -> str:
 
 
 @cache
-def gcs_client() -> Any:
+def gcs_client(project: str | None = None) -> Any:
+    """A storage client; `project` where the environment may not name one (None: inferred, as in a pod)."""
     from google.cloud import storage  # imported here: only gs:// users pay for it
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
 
-        return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "test"),
+        return storage.Client(project=project or os.environ.get("GOOGLE_CLOUD_PROJECT", "test"),
                               credentials=AnonymousCredentials())
-    return storage.Client()
+    return storage.Client(project=project)
 
 
-def _blob(uri: str) -> Any:
+def _blob(uri: str, project: str | None = None) -> Any:
     bucket, path = split_gcs(uri)
     if not path:
         raise StorageError(f"{uri}: no object path after the bucket")
-    return gcs_client().bucket(bucket).blob(path)
+    return gcs_client(project).bucket(bucket).blob(path)
 
 
-def read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, *, project: str | None = None) -> bytes:
     try:
         if is_gcs(uri):
-            return cast(bytes, _blob(uri).download_as_bytes())
+            return cast(bytes, _blob(uri, project).download_as_bytes())
         return Path(uri).read_bytes()
     except StorageError:
         raise

@@ -4,10 +4,18 @@ One Dockerfile, two flavours chosen by a build argument: `cpu` (the CPU torch wh
 the load generator, `cuda` (the CUDA torch wheel; the driver comes from the GKE GPU node) for GPU variants.
 Only the flavours a stack needs are built. With `etude:image` set, nothing is built and those references are used.
 Images are referenced by digest, so a rebuilt image rolls the servers and an unchanged one changes nothing.
+
+Each stack pushes its own image, `<registry>/etude-<stack>:<flavour>`: deleting an Image (`pulumi destroy` of a
+use case) deletes what it pushed, which must never be what another stack's pods pull. The layer cache
+(`etude-cache:<flavour>`) is shared, so a second stack's build reuses the first one's layers.
+The build context and Dockerfile are given relative to the project (Pulumi runs the program there), so the
+same commit previews the same inputs in any checkout (CI, a laptop) instead of a change of every image.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 
 import pulumi
@@ -29,22 +37,36 @@ class Images:
     cuda: Input[str]  # GPU variants
 
 
+def build_paths() -> tuple[str, str]:
+    """The build context and the Dockerfile, relative to the working directory (the project when Pulumi runs)."""
+    context = os.path.relpath(PROJECT_DIR)
+    return context, os.path.relpath(PROJECT_DIR / "Dockerfile")
+
+
+def image_repository(stack: str) -> str:
+    """The stack's own image name in the registry (lowercase letters, digits, `.`, `_`, `-`)."""
+    return "etude-" + re.sub(r"[^a-z0-9._-]+", "-", stack.lower())
+
+
 def build_images(name: str, registry: Output[str], *, need_cuda: bool, opts: ResourceOptions | None = None) -> Images:
-    """Build and push the CPU image (always) and the CUDA image (when a GPU variant needs it) to `registry`."""
+    """Build and push the CPU image (always) and the CUDA image (when a GPU variant needs it) to `registry`, under
+    the image name of stack `name`."""
     token = gcp.organizations.get_client_config_output().access_token
     address = registry.apply(lambda r: r.split("/", 1)[0])
     login = [docker_build.RegistryArgs(address=address, username="oauth2accesstoken", password=token)]
+
+    context, dockerfile = build_paths()
 
     def image(flavour: str) -> Output[str]:
         cache = registry.apply(lambda r: f"{r}/etude-cache:{flavour}")  # layers shared by every machine that builds
         built = docker_build.Image(
             f"{name}-image-{flavour}",
-            context=docker_build.BuildContextArgs(location=str(PROJECT_DIR)),
-            dockerfile=docker_build.DockerfileArgs(location=str(PROJECT_DIR / "Dockerfile")),
+            context=docker_build.BuildContextArgs(location=context),
+            dockerfile=docker_build.DockerfileArgs(location=dockerfile),
             build_args={"TORCH_INDEX_URL": TORCH_INDEX[flavour]},
             platforms=[docker_build.Platform.LINUX_AMD64],
             push=True,
-            tags=[registry.apply(lambda r: f"{r}/etude:{flavour}")],
+            tags=[registry.apply(lambda r: f"{r}/{image_repository(name)}:{flavour}")],
             registries=login,
             cache_from=[docker_build.CacheFromArgs(registry=docker_build.CacheFromRegistryArgs(ref=cache))],
             cache_to=[docker_build.CacheToArgs(registry=docker_build.CacheToRegistryArgs(

@@ -15,6 +15,7 @@ import asyncio
 import atexit
 import base64
 import json
+import logging
 import os
 import runpy
 import shutil
@@ -38,7 +39,7 @@ MOCK_PLATFORM = {
     "kubeconfig": "apiVersion: v1\nkind: Config\n",
     "bucket": "etude-results-mock",
     "namespace": "etude",
-    "serviceAccount": "etude-runner",
+    "serviceAccount": "etude-runner-dev",
     "registry": f"{MOCK_REGION}-docker.pkg.dev/{MOCK_PROJECT}/etude-dev",
     "project": MOCK_PROJECT,
     "region": MOCK_REGION,
@@ -89,7 +90,7 @@ def _plain(value: Any) -> Any:
 
 def run(stack: str, overrides: dict[str, Any] | None = None, *, preview: bool = False) -> dict[str, Any]:
     """Run `__main__.py` for `stack` under mocks (as `pulumi up`, or as `pulumi preview` with `preview`);
-    returns resources, stack outputs, error and loaded modules."""
+    returns resources, stack outputs, engine log messages, error and loaded modules."""
     import pulumi
     from pulumi.runtime import mocks, rpc, settings
     from pulumi.runtime.stack import run_in_stack
@@ -182,11 +183,23 @@ def run(stack: str, overrides: dict[str, Any] | None = None, *, preview: bool = 
                 outputs.update(_plain(rpc.deserialize_properties(request.outputs)))
             return super().RegisterResourceOutputs(request)
 
+    logs: list[dict[str, Any]] = []  # what the program said through pulumi.log (the engine prints it)
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logs.append({"level": record.levelname.lower(), "message": record.getMessage(),
+                         "resources_before": len(records)})
+
+    engine_log = logging.getLogger("etude.mockrun.engine")
+    engine_log.propagate = False
+    engine_log.setLevel(logging.INFO)  # the engine shows info and above by default
+    engine_log.addHandler(Collect())
+
     m = Mocks()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     pulumi.runtime.set_mocks(m, project="etude", stack=stack, preview=preview, monitor=Monitor(m),
-                             organization="organization")
+                             organization="organization", logger=engine_log)
     pulumi.runtime.set_all_config({k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()})
     settings.set_root_resource(None)  # type: ignore[arg-type]  # run_in_stack makes the stack resource, as `pulumi up` does
     error = None
@@ -207,6 +220,7 @@ def run(stack: str, overrides: dict[str, Any] | None = None, *, preview: bool = 
         "error": error,
         "resources": records,
         "outputs": outputs,
+        "logs": logs,
         "modules": sorted({name.partition(".")[0] for name in sys.modules}),
     }
 

@@ -2,9 +2,11 @@
 an Artifact Registry repository and a kubeconfig.
 
 Least privilege: the workload's Google service account holds `roles/storage.objectUser` on the results bucket
-and nothing else (no project-wide role, no key); pods reach it through Workload Identity via the namespace's
-Kubernetes service account. The nodes may pull from the repository (`roles/artifactregistry.reader` on the
-repository only). The namespace enforces the `restricted` Pod Security Standard.
+and nothing else (no project-wide role, no key); pods reach it through Workload Identity via a Kubernetes service
+account named after the platform stack (`etude-runner-<stack>`). Workload Identity principals are the same in
+every cluster of a project ("identity sameness"), so a fixed name would let the pods of one platform's cluster
+act as every other platform's service account in that project. The nodes may pull from the repository
+(`roles/artifactregistry.reader` on the repository only). The namespace enforces the `restricted` Pod Security Standard.
 
 Use-case stacks read `PlatformOutputs` either from this component (same stack) or through a StackReference.
 """
@@ -23,6 +25,7 @@ from infra.config import PlatformSettings
 from infra.kubeconfig import gke_kubeconfig
 
 APIS = (
+    "cloudresourcemanager.googleapis.com",  # the project's number (get_project_output) for the image-pull grant
     "compute.googleapis.com",
     "container.googleapis.com",
     "artifactregistry.googleapis.com",
@@ -31,7 +34,7 @@ APIS = (
     "storage.googleapis.com",
 )
 BUCKET_ROLE = "roles/storage.objectUser"  # read, write, list and delete objects; no bucket or IAM admin
-KSA_NAME = "etude-runner"
+KSA_PREFIX = "etude-runner"
 RESULTS_PREFIX = "results/"
 
 
@@ -52,6 +55,7 @@ class PlatformOutputs:
     namespace: Output[str]
     service_account: Output[str]  # the Kubernetes service account bound to the bucket through Workload Identity
     registry: Output[str]  # `<region>-docker.pkg.dev/<project>/<repository>`
+    project: Output[str]  # the GCP project of the bucket (the results reader's storage client)
 
     @staticmethod
     def from_stack(ref: pulumi.StackReference) -> PlatformOutputs:
@@ -67,6 +71,7 @@ class PlatformOutputs:
             namespace=get("namespace"),
             service_account=get("serviceAccount"),
             registry=get("registry"),
+            project=get("project"),
         )
 
 
@@ -74,6 +79,11 @@ def _required(ref: pulumi.StackReference, key: str, value: object) -> str:
     if not value and not pulumi.runtime.is_dry_run():
         raise pulumi.RunError(f"platform stack output {key!r} is missing; run `pulumi up` on the platform stack first")
     return str(value) if value is not None else ""
+
+
+def ksa_name(stack: str) -> str:
+    """The Kubernetes service account of a platform: unique per platform stack, so is its Workload Identity."""
+    return project_name(KSA_PREFIX, stack, 63)
 
 
 def project_name(prefix: str, stack: str, max_len: int = 30) -> str:
@@ -180,18 +190,19 @@ class Platform(pulumi.ComponentResource):
             }),
             opts=k8s_opts,
         )
-        # Workload Identity: the KSA `<namespace>/etude-runner` may act as the bucket-only Google service account.
+        # Workload Identity: the KSA `<namespace>/etude-runner-<stack>` may act as the bucket-only service account.
+        ksa_id = ksa_name(args.stack)
         wi_binding = gcp.serviceaccount.IAMMember(
             f"{name}-workload-identity",
             service_account_id=self.service_account.name,
             role="roles/iam.workloadIdentityUser",
-            member=f"serviceAccount:{args.project}.svc.id.goog[{s.namespace}/{KSA_NAME}]",
+            member=f"serviceAccount:{args.project}.svc.id.goog[{s.namespace}/{ksa_id}]",
             opts=ResourceOptions(parent=self, depends_on=[self.cluster]),  # the identity pool comes with it
         )
         ksa = k8s.core.v1.ServiceAccount(
             f"{name}-ksa",
             metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=KSA_NAME,
+                name=ksa_id,
                 namespace=namespace.metadata.name,
                 annotations={"iam.gke.io/gcp-service-account": self.service_account.email},
             ),
@@ -205,6 +216,7 @@ class Platform(pulumi.ComponentResource):
             namespace=namespace.metadata.name,
             service_account=ksa.metadata.name,
             registry=Output.concat(args.region, "-docker.pkg.dev/", args.project, "/", self.repository.repository_id),
+            project=Output.from_input(args.project),
         )
         self.stack_outputs: dict[str, object] = {
             "kubeconfig": self.kubeconfig,

@@ -18,8 +18,9 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi import ResourceOptions
 
-from components.experiment import EtudeExperiment, EtudeExperimentArgs
-from etude.spec import SpecError
+from components.experiment import EtudeExperiment, EtudeExperimentArgs, peak_gpus
+from etude.catalog import INSTANCE_TYPES
+from etude.spec import Experiment, SpecError
 from infra.config import StackConfig
 from infra.image import build_images, given_images
 from infra.platform import Platform, PlatformArgs, PlatformOutputs
@@ -50,10 +51,27 @@ def platform_stack_name(ref: str) -> str:
     return f"{pulumi.get_organization()}/{pulumi.get_project()}/{ref}"
 
 
+def gpu_quota_message(exp: Experiment) -> str:
+    """What the stack's GPUs need of the region's quota, said before anything is created."""
+    peak = peak_gpus(exp)
+    if not peak:
+        return f"stack {exp.stack}: no GPU variants; no GPU quota needed"
+    quota = {t.accelerator: t.gpu_quota for t in INSTANCE_TYPES.values() if t.accelerator}
+    held = ", ".join(f"{n} x {acc} (quota {quota.get(acc) or '?'} >= {n})" for acc, n in peak.items())
+    how = ("one variant at a time (sequential)" if exp.sequential else
+           "all variants at once; `etude:sequential: true` would need "
+           + ", ".join(f"{n} x {acc}" for acc, n in peak_gpus(exp, sequential=True).items()))
+    return (f"stack {exp.stack}: peak GPUs held at the same time: {held}, {how}. Check the region's quota "
+            "before `pulumi up` (README, \"GPU quota\").")
+
+
 def build(cfg: StackConfig, gcp: GcpSettings | None) -> dict[str, Any]:
     """Declare the stack's resources; returns the stack outputs."""
     outputs: dict[str, Any] = {}
     exp = cfg.experiment
+    if exp is not None:  # before any resource: quota trouble is cheapest to find here
+        pulumi.log.info(gpu_quota_message(exp))
+        outputs["peakGpus"] = peak_gpus(exp)
     if cfg.builds_platform:
         assert gcp is not None
         platform = Platform(PLATFORM_NAME, PlatformArgs(project=gcp.project, region=gcp.region,
@@ -81,6 +99,7 @@ def build(cfg: StackConfig, gcp: GcpSettings | None) -> dict[str, Any]:
             namespace=plat.namespace,
             service_account=plat.service_account,
             bucket=plat.bucket,
+            project=plat.project,
             image_cpu=images.cpu,
             image_cuda=images.cuda,
         ),

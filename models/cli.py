@@ -6,6 +6,7 @@ import argparse
 
 from etude.errors import UsageError
 from etude.spec import BUILTIN_MODELS, RUNTIMES
+from models.export import EXPORT_DEVICES
 
 DEFAULT_CATALOG_SIZES = "10000,100000,1000000,10000000"
 
@@ -25,6 +26,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=RUNTIMES,
         default="jit",
         help="eager: scripted only; jit: scripted, frozen and optimize_for_inference (default)",
+    )
+    p.add_argument(
+        "--device",
+        choices=EXPORT_DEVICES,
+        default="cpu",
+        help="the device the model is exported for; the export itself runs on the CPU (default: cpu)",
     )
     p.add_argument("--seed", type=int, default=42, help="seed of the random weights")
     p.add_argument("--out", required=True, help="file path or gs://bucket/path")
@@ -61,7 +68,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _export(args: argparse.Namespace) -> int:
     from models.export import export_model
 
-    export_model(args.model, args.catalog_size, args.runtime, args.out, seed=args.seed, if_missing=args.if_missing)
+    export_model(args.model, args.catalog_size, args.runtime, args.out, seed=args.seed, if_missing=args.if_missing,
+                 device=args.device)
     return 0
 
 

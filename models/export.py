@@ -10,7 +10,11 @@ Runtimes. Both produce a TorchScript file, so the server has one loader path:
 - `eager`: `torch.jit.script` only: the module runs in the TorchScript interpreter as written, no freezing,
   no graph optimisation (weights stay module parameters).
 - `jit`: `torch.jit.script`, then `torch.jit.freeze` (weights become constants; `catalog_size` and
-  `max_session_length` are preserved) and `torch.jit.optimize_for_inference`.
+  `max_session_length` are preserved) and, for a CPU server, `torch.jit.optimize_for_inference`.
+Devices (`--device`): the export always runs on the CPU (a Kubernetes init container without a GPU). What it
+writes depends on where the model will be served: `optimize_for_inference` bakes in settings of the build it runs
+on (e.g. MKLDNN layouts on a CPU build, per the PyTorch docs), so a `cuda` artifact is frozen but not optimised;
+its constants move to the GPU with `torch.jit.load(map_location=...)`. `serve --device` picks the loading device.
 Scripting, never tracing: a trace freezes the control flow and data-dependent structure of its example input.
 """
 
@@ -28,10 +32,12 @@ from etude.spec import RUNTIMES
 log = logging.getLogger(__name__)
 
 CONTRACT_ATTRS = ("catalog_size", "max_session_length")
+EXPORT_DEVICES = ("cpu", "cuda")
 
 
-def to_torchscript(model: Any, runtime: str) -> Any:
-    """`eager`: scripted; `jit`: scripted, frozen and optimised for inference. The model stays on its device."""
+def to_torchscript(model: Any, runtime: str, device: str = "cpu") -> Any:
+    """`eager`: scripted; `jit`: scripted, frozen and optimised for serving on `device` (see `_for_device`).
+    The model stays on its device."""
     import torch
 
     if runtime not in RUNTIMES:
@@ -43,7 +49,16 @@ def to_torchscript(model: Any, runtime: str) -> Any:
         if runtime == "eager":
             return scripted
         frozen = torch.jit.freeze(scripted, preserved_attrs=list(CONTRACT_ATTRS))
-        return torch.jit.optimize_for_inference(frozen)
+        return _for_device(frozen, device)
+
+
+def _for_device(frozen: Any, device: str) -> Any:
+    """The device-specific step of `jit`: CPU-build optimisations for a CPU server only."""
+    import torch
+
+    if device not in EXPORT_DEVICES:
+        raise UsageError(f"unknown device {device!r}; known devices: {', '.join(EXPORT_DEVICES)}")
+    return torch.jit.optimize_for_inference(frozen) if device == "cpu" else frozen
 
 
 def serialize(module: Any) -> bytes:
@@ -64,8 +79,9 @@ def export_model(
     *,
     seed: int = 42,
     if_missing: bool = False,
+    device: str = "cpu",
 ) -> bool:
-    """Build a built-in model with seeded random weights and write it to `out` (path or gs://).
+    """Build a built-in model with seeded random weights, for serving on `device`, and write it to `out`.
 
     Returns False when `if_missing` and `out` exists (nothing done). The file is written whole or not at all.
     """
@@ -76,18 +92,21 @@ def export_model(
         raise UsageError(f"--catalog-size must be >= 1, got {catalog_size}")
     if runtime not in RUNTIMES:
         raise UsageError(f"unknown runtime {runtime!r}; known runtimes: {', '.join(RUNTIMES)}")
+    if device not in EXPORT_DEVICES:
+        raise UsageError(f"unknown device {device!r}; known devices: {', '.join(EXPORT_DEVICES)}")
     if if_missing and storage.exists(out):
         log.info("%s exists; nothing to do (--if-missing)", out)
         return False
     _check_writable(out)
     started = _now_ns()
-    data = serialize(to_torchscript(build_model(name, catalog_size, seed), runtime))
+    data = serialize(to_torchscript(build_model(name, catalog_size, seed), runtime, device))
     storage.write_bytes(out, data)
     log.info(
-        "exported %s (C=%d, %s, seed %d) to %s: %.1f MB in %.1f s",
+        "exported %s (C=%d, %s for %s, seed %d) to %s: %.1f MB in %.1f s",
         name,
         catalog_size,
         runtime,
+        device,
         seed,
         out,
         len(data) / 1e6,

@@ -125,7 +125,8 @@ def measure_model(
     results = []
     for runtime in runtimes:
         model = build_model(name, catalog_size, seed).to(device)
-        module = model if runtime == "python" else to_torchscript(model, runtime)
+        # the artifact a server on this device would get (cuda:N exports as cuda)
+        module = model if runtime == "python" else to_torchscript(model, runtime, device.split(":")[0])
         del model
         time_requests(module, sessions[:WARMUP_REQUESTS], device)
         results.append((runtime, time_requests(module, sessions[WARMUP_REQUESTS:], device)))

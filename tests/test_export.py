@@ -71,6 +71,36 @@ def test_same_seed_same_model_and_runtimes_agree(tmp_path: Path) -> None:
     assert not torch.equal(a, c)
 
 
+def test_a_cuda_artifact_is_frozen_but_not_optimised_for_this_cpu_build(tmp_path: Path) -> None:
+    """The export runs on the CPU; `optimize_for_inference` would bake this CPU build's choices into what a GPU
+    server loads, so the cuda artifact stops at freezing. Both answer alike."""
+    from models.export import CONTRACT_ATTRS, to_torchscript
+    from models.registry import build_model
+
+    cuda = to_torchscript(build_model("gru4rec", C, 7), "jit", "cuda")
+    frozen = torch.jit.freeze(torch.jit.script(build_model("gru4rec", C, 7).eval()),
+                              preserved_attrs=list(CONTRACT_ATTRS))
+    cpu = to_torchscript(build_model("gru4rec", C, 7), "jit", "cpu")
+
+    def ops(module: torch.jit.ScriptModule) -> list[str]:
+        return [node.kind() for node in module.graph.nodes()]
+
+    assert ops(cuda) == ops(frozen)
+    assert ops(cpu) != ops(cuda)  # the CPU passes did change something here (linear -> matmul)
+    paths = {}
+    for device in ("cpu", "cuda"):
+        paths[device] = tmp_path / f"gru4rec-{device}.pt"
+        assert main(["export", "--model", "gru4rec", "--catalog-size", str(C), "--runtime", "jit", "--device",
+                     device, "--seed", "7", "--out", str(paths[device])]) == 0
+    seq = torch.tensor([[1, 2, 3], [4, 0, 0]])
+    lengths = torch.tensor([3, 1])
+    answers = {d: load_model(str(p), "cpu")(seq, lengths, 5) for d, p in paths.items()}
+    assert torch.equal(answers["cpu"], answers["cuda"])
+    if torch.cuda.is_available():
+        on_gpu = load_model(str(paths["cuda"]), "cuda")
+        assert torch.equal(on_gpu(seq.cuda(), lengths.cuda(), 5).cpu(), answers["cpu"])
+
+
 def test_if_missing_leaves_an_existing_file_alone(tmp_path: Path) -> None:
     out = tmp_path / "m.pt"
     out.write_bytes(b"already here")

@@ -14,6 +14,9 @@ from components.manifests import (
     ACCELERATOR_LABEL,
     COMPLETION_INDEX_ANNOTATION,
     GPU_RESOURCE,
+    MODEL_FILE_FACTOR,
+    SERVER_SCRATCH_BASE_BYTES,
+    TMP_SIZE,
     job_timeout_s,
     k8s_name,
     label_value,
@@ -55,6 +58,7 @@ def _start_runs() -> None:
         mockrun.start(stack)
     mockrun.start("fashion", SHARDED)
     mockrun.start("fashion", OWN_MODEL)
+    mockrun.start("fashion", SEQUENTIAL)
 
 
 def experiment_of(stack: str, overrides: dict[str, Any] | None = None) -> Experiment:
@@ -92,7 +96,9 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
     return obj["spec"]["template"]["spec"]
 
 
-RUNS = [("dev", None), *[(s, None) for s in USE_CASES], ("fashion", SHARDED), ("fashion", OWN_MODEL)]
+SEQUENTIAL = {"etude:sequential": True}
+RUNS = [("dev", None), *[(s, None) for s in USE_CASES], ("fashion", SHARDED), ("fashion", OWN_MODEL),
+        ("fashion", SEQUENTIAL)]
 
 
 @pytest.mark.parametrize(("stack", "overrides"), RUNS, ids=[f"{s}{'+' if o else ''}" for s, o in RUNS])
@@ -103,7 +109,11 @@ def test_every_kubernetes_object_validates_strictly(stack: str, overrides: dict[
                    and not r["type"].startswith("kubernetes:index:") and "providers" not in r["type"]]
     assert k8s_objects
     for resource in k8s_objects:
-        kubernetes_validate.validate(manifest(resource), K8S_VERSION, strict=True)
+        obj = manifest(resource)
+        if resource["type"].endswith("Patch"):  # a partial object by design: its fields, strictly, and a name
+            assert obj["metadata"]["name"]
+            obj = {**obj, "spec": {**obj["spec"], "selector": {}, "template": {}}}
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
 @pytest.mark.parametrize("stack", USE_CASES)
@@ -114,7 +124,7 @@ def test_every_pod_is_locked_down(stack: str) -> None:
     for pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert pod["serviceAccountName"] == "etude-runner"
+        assert pod["serviceAccountName"] == mockrun.MOCK_PLATFORM["serviceAccount"]
         assert not {"hostNetwork", "hostPID", "hostIPC"} & set(pod)
         assert all(set(v) == {"name", "emptyDir"} for v in pod["volumes"])
         for c in [*pod.get("initContainers", []), *pod["containers"]]:
@@ -125,6 +135,59 @@ def test_every_pod_is_locked_down(stack: str) -> None:
             assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
             assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]  # torch needs a writable /tmp
             assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+@pytest.mark.parametrize("stack", USE_CASES)
+def test_servers_and_load_generators_are_safe_from_evictions(stack: str) -> None:
+    run, exp = mockrun.result(stack), load_stack(stack)
+    for v in exp.variants:
+        for suffix in ("server", "loadgen"):
+            template = one(run, f"{stack}-{v.key}-{suffix}")["spec"]["template"]
+            assert template["metadata"]["annotations"] == {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
+        spec = one(run, f"{stack}-{v.key}-loadgen")["spec"]
+        # retried when the cluster takes the pod away (not counted against backoffLimit 0), failed on its own error
+        assert spec["backoffLimit"] == 0
+        assert spec["podFailurePolicy"] == {"rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [0]}},
+        ]}
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Mi": 1 << 20, "Gi": 1 << 30}
+    return int(quantity[:-2]) * units[quantity[-2:]]
+
+
+@pytest.mark.parametrize("stack", USE_CASES)
+def test_scratch_space_is_requested_from_the_model_size(stack: str) -> None:
+    run, exp = mockrun.result(stack), load_stack(stack)
+    sc = exp.scenario
+    model_bytes = sc.catalog_size * sc.embedding_dim * 4  # the item embeddings, float32
+    for v in exp.variants:
+        pod = pod_spec(one(run, f"{stack}-{v.key}-server"))
+        (tmp,) = pod["volumes"]
+        limit = tmp["emptyDir"]["sizeLimit"]
+        assert SERVER_SCRATCH_BASE_BYTES + MODEL_FILE_FACTOR * model_bytes <= _bytes(limit) < (
+            SERVER_SCRATCH_BASE_BYTES + MODEL_FILE_FACTOR * model_bytes + (1 << 20))
+        for c in [*pod.get("initContainers", []), *pod["containers"]]:
+            assert c["resources"]["requests"]["ephemeral-storage"] == limit  # Autopilot's default is smaller
+        job = pod_spec(one(run, f"{stack}-{v.key}-loadgen"))
+        assert job["volumes"][0]["emptyDir"]["sizeLimit"] == TMP_SIZE
+        assert job["containers"][0]["resources"]["requests"]["ephemeral-storage"] == TMP_SIZE
+
+
+@pytest.mark.parametrize("stack", USE_CASES)
+def test_gpu_containers_find_the_nvidia_driver(stack: str) -> None:
+    run, exp = mockrun.result(stack), load_stack(stack)
+    for v in exp.variants:
+        pod = pod_spec(one(run, f"{stack}-{v.key}-server"))
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        if v.instance.gpus:
+            assert "/usr/local/nvidia/lib64" in env["LD_LIBRARY_PATH"].split(":")
+            path = env["PATH"].split(":")
+            assert "/usr/local/nvidia/bin" in path and "/opt/etude/bin" in path  # `etude` still found
+        else:
+            assert "LD_LIBRARY_PATH" not in env and "PATH" not in env
 
 
 @pytest.mark.parametrize("stack", USE_CASES)
@@ -140,11 +203,11 @@ def test_gpu_variants_get_gpus_and_cpu_variants_none(stack: str) -> None:
         if v.instance.gpus:
             assert pod["nodeSelector"] == {ACCELERATOR_LABEL: v.instance.accelerator}
             assert res["limits"][GPU_RESOURCE] == str(v.instance.gpus)
-            assert server["image"].startswith(f"{mockrun.MOCK_PLATFORM['registry']}/etude:cuda@sha256:")
+            assert server["image"].startswith(f"{mockrun.MOCK_PLATFORM['registry']}/etude-{stack}:cuda@sha256:")
         else:
             assert "nodeSelector" not in pod
             assert GPU_RESOURCE not in res["limits"] and GPU_RESOURCE not in res["requests"]
-            assert server["image"].startswith(f"{mockrun.MOCK_PLATFORM['registry']}/etude:cpu@sha256:")
+            assert server["image"].startswith(f"{mockrun.MOCK_PLATFORM['registry']}/etude-{stack}:cpu@sha256:")
         for c in pod.get("initContainers", []):
             assert GPU_RESOURCE not in c["resources"].get("limits", {})
 
@@ -158,12 +221,17 @@ def test_containers_run_exactly_the_command_lines_of_etude_commands(stack: str) 
         assert pod["containers"][0]["command"] == serve_command(v, uri)
         assert [c["command"] for c in pod["initContainers"]] == [export_command(exp, v, uri)]
         assert "--if-missing" in pod["initContainers"][0]["command"] and uri.startswith("gs://")
+        # one artifact per device: a GPU server never loads the file exported (and optimised) for a CPU one
+        device = "cuda" if v.instance.gpus else "cpu"
+        assert f"-{v.runtime}-{device}-" in uri.rsplit("/", 1)[1]
+        argv = pod["initContainers"][0]["command"]
+        assert argv[argv.index("--device") + 1] == device
         service = one(run, f"{stack}-{v.key}-service")
         job = one(run, f"{stack}-{v.key}-loadgen")
         url = f"http://{service['metadata']['name']}:{SERVER_PORT}"
         (loadgen,) = pod_spec(job)["containers"]
         assert loadgen["command"] == loadgen_command(exp, v, url=url, out=results_uri(exp, v, RESULTS_ROOT))
-        assert loadgen["image"].startswith(f"{mockrun.MOCK_PLATFORM['registry']}/etude:cpu@")
+        assert loadgen["image"].startswith(f"{mockrun.MOCK_PLATFORM['registry']}/etude-{stack}:cpu@")
 
 
 @pytest.mark.parametrize("stack", USE_CASES)

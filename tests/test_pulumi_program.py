@@ -7,11 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
-from components.manifests import JOB_MARGIN_S
+from components.experiment import peak_gpus
+from components.manifests import JOB_MARGIN_S, PATCH_FORCE, RUN_ID_ANNOTATION
 from components.results import METRIC_KEYS, metrics_from_summary
 from etude.commands import results_uri
-from etude.spec import available_stacks, load_stack
+from etude.spec import PROJECT_DIR, available_stacks, load_stack
 from infra import mockrun
 from infra.config import read_config
 from infra.kubeconfig import gke_kubeconfig
@@ -22,6 +24,7 @@ ALL_STACKS = ["dev", *USE_CASES]
 OWN_PLATFORM = {"etude:platformStack": None, "gcp:project": "own-project", "gcp:region": "us-central1"}
 SEQUENTIAL = {"etude:sequential": True}
 RUN_2 = {"etude:runId": "2"}
+SEQUENTIAL_RUN_2 = {**SEQUENTIAL, **RUN_2}
 PREBUILT = {"etude:image": {"cpu": "ghcr.io/me/etude:cpu-1", "cuda": "ghcr.io/me/etude:cuda-1"}}
 UNPROTECTED = {"etude:platform": {"deletionProtection": False, "resultsRetentionDays": 0}}
 HEAVY = ("torch", "numpy", "serving", "loadgen", "models", "scipy", "pandas", "matplotlib", "pyarrow")
@@ -32,8 +35,10 @@ def _start_all_runs() -> None:
     """Start every run this module needs at once: they run in parallel in their own interpreters."""
     for stack in ALL_STACKS:
         mockrun.start(stack)
-    for fashion in (OWN_PLATFORM, SEQUENTIAL, RUN_2, PREBUILT):
-        mockrun.start("fashion", fashion)
+    for overrides in (OWN_PLATFORM, SEQUENTIAL, RUN_2, PREBUILT, SEQUENTIAL_RUN_2):
+        mockrun.start("fashion", overrides)
+    for stack in ("platform", "ecommerce"):
+        mockrun.start(stack, SEQUENTIAL)
     mockrun.start("dev", UNPROTECTED)
     for stack, overrides, _ in INVALID:
         mockrun.start(stack, overrides)
@@ -73,9 +78,56 @@ def test_every_use_case_declares_one_server_service_job_and_reader_per_variant(s
     refs = by_type(run, "pulumi:pulumi:StackReference")
     assert [r["name"] for r in refs] == ["organization/etude/dev"]
     # images: CPU always (servers and load generator), CUDA only where a GPU variant needs it
-    images = {r["name"] for r in by_type(run, "docker-build:index:Image")}
+    images = {r["name"]: r["inputs"] for r in by_type(run, "docker-build:index:Image")}
     wants_cuda = any(v.instance.gpus for v in exp.variants)
-    assert images == {f"{stack}-image-cpu"} | ({f"{stack}-image-cuda"} if wants_cuda else set())
+    assert set(images) == {f"{stack}-image-cpu"} | ({f"{stack}-image-cuda"} if wants_cuda else set())
+    for name, inputs in images.items():
+        flavour = name.rsplit("-", 1)[1]
+        # the stack's own image name: destroying this stack deletes nothing another stack pulls
+        assert inputs["tags"] == [f"{mockrun.MOCK_PLATFORM['registry']}/etude-{stack}:{flavour}"]
+        # relative to the project: the same inputs from any checkout, so a preview shows no change
+        assert inputs["context"] == {"location": "."}
+        assert inputs["dockerfile"] == {"location": "Dockerfile"}
+    # the results reader's storage client gets the platform's project (a use-case stack sets no gcp:project)
+    assert {r["inputs"]["project"] for r in by_type(run, mockrun.RESULTS_TYPE)} == {mockrun.MOCK_PROJECT}
+
+
+def expected_peak(stack: str, *, sequential: bool) -> dict[str, int]:
+    """GPUs per type held at once, counted here from the stack file: sum over variants, or the largest one."""
+    held: dict[str, list[int]] = {}
+    for v in load_stack(stack).variants:
+        if v.instance.gpus:
+            held.setdefault(str(v.instance.accelerator), []).append(v.replicas * v.instance.gpus)
+    return {acc: max(n) if sequential else sum(n) for acc, n in held.items()}
+
+
+def peak_message(run: dict[str, Any]) -> dict[str, Any]:
+    (log,) = [m for m in run["logs"] if "peak GPUs" in m["message"] or "no GPU quota" in m["message"]]
+    return log
+
+
+@pytest.mark.parametrize("stack", USE_CASES)
+def test_peak_gpus_per_type_are_said_before_anything_is_created(stack: str) -> None:
+    run = mockrun.result(stack)
+    expected = expected_peak(stack, sequential=False)
+    assert run["outputs"]["peakGpus"] == expected
+    assert peak_gpus(load_stack(stack), sequential=True) == expected_peak(stack, sequential=True)
+    log = peak_message(run)
+    assert log["level"] == "info" and log["resources_before"] == 0  # printed before the first resource
+    for accelerator, n in expected.items():
+        assert f"{n} x {accelerator}" in log["message"]
+
+
+def test_peak_gpus_of_the_issue_stacks_and_sequential_lowers_them() -> None:
+    """The known answers: platform holds 18 A100s at once, ecommerce 30 T4s and 12 A100s; one variant at a time
+    needs 3 A100s and 5 T4s + 2 A100s."""
+    assert mockrun.result("platform")["outputs"]["peakGpus"] == {"nvidia-tesla-a100": 18}
+    assert mockrun.result("ecommerce")["outputs"]["peakGpus"] == {"nvidia-tesla-a100": 12, "nvidia-tesla-t4": 30}
+    platform, ecommerce = mockrun.result("platform", SEQUENTIAL), mockrun.result("ecommerce", SEQUENTIAL)
+    assert platform["outputs"]["peakGpus"] == {"nvidia-tesla-a100": 3}
+    assert ecommerce["outputs"]["peakGpus"] == {"nvidia-tesla-a100": 2, "nvidia-tesla-t4": 5}
+    assert "NVIDIA_T4_GPUS >= 5" in peak_message(ecommerce)["message"]
+    assert "NVIDIA_A100_GPUS >= 18" in peak_message(mockrun.result("platform"))["message"]
 
 
 @pytest.mark.parametrize("stack", ALL_STACKS)
@@ -141,6 +193,30 @@ def test_sequential_chains_each_variant_after_the_previous_job() -> None:
                 "dependencies"]
 
 
+def test_sequential_scales_each_measured_variant_to_zero_before_the_next_starts() -> None:
+    parallel, sequential = mockrun.result("fashion"), mockrun.result("fashion", SEQUENTIAL)
+    assert not by_type(parallel, "kubernetes:apps/v1:DeploymentPatch")
+    keys = [v.key for v in load_stack("fashion").variants]
+    assert len(by_type(sequential, "kubernetes:apps/v1:DeploymentPatch")) == len(keys)
+    for i, key in enumerate(keys):
+        patch, server = named(sequential, f"fashion-{key}-scale-down"), named(sequential, f"fashion-{key}-server")
+        assert patch["inputs"]["spec"] == {"replicas": 0}
+        assert patch["inputs"]["metadata"]["name"] == server["inputs"]["metadata"]["name"]
+        assert patch["inputs"]["metadata"]["namespace"] == server["inputs"]["metadata"]["namespace"]
+        assert urn_of(sequential, f"fashion-{key}-loadgen") in patch["dependencies"]  # after the measurement
+        if i + 1 < len(keys):  # the next variant's servers wait for the scale-down
+            assert patch["urn"] in named(sequential, f"fashion-{keys[i + 1]}-server")["dependencies"]
+        # both writers of spec.replicas force it, and both carry the run id: a new runId scales up, then down
+        for obj in (patch, server):
+            assert obj["inputs"]["metadata"]["annotations"] == {PATCH_FORCE: "true", RUN_ID_ANNOTATION: "1"}
+    again = mockrun.result("fashion", SEQUENTIAL_RUN_2)
+    for key in keys:
+        for suffix in ("scale-down", "server"):
+            annotations = named(again, f"fashion-{key}-{suffix}")["inputs"]["metadata"]["annotations"]
+            assert annotations[RUN_ID_ANNOTATION] == "2"
+    assert "one variant at a time" in peak_message(sequential)["message"]
+
+
 def test_a_new_run_id_makes_new_jobs_and_results_but_keeps_the_servers() -> None:
     one, two = mockrun.result("fashion"), mockrun.result("fashion", RUN_2)
     assert two["error"] is None
@@ -167,7 +243,11 @@ def test_a_use_case_without_platform_stack_builds_its_own_platform() -> None:
     # the experiment runs in the platform's namespace with its service account
     job = by_type(run, "kubernetes:batch/v1:Job")[0]
     assert job["inputs"]["metadata"]["namespace"] == "etude"
-    assert job["inputs"]["spec"]["template"]["spec"]["serviceAccountName"] == "etude-runner"
+    assert job["inputs"]["spec"]["template"]["spec"]["serviceAccountName"] == "etude-runner-fashion"
+    # a principal of its own: not the dev platform's `etude/etude-runner-dev` (same principal in every cluster)
+    (wi,) = by_type(run, "gcp:serviceaccount/iAMMember:IAMMember")
+    assert wi["inputs"]["member"] == "serviceAccount:own-project.svc.id.goog[etude/etude-runner-fashion]"
+    assert {r["inputs"]["project"] for r in by_type(run, mockrun.RESULTS_TYPE)} == {"own-project"}
 
 
 def test_prebuilt_images_from_config_are_used_as_is_and_nothing_is_built() -> None:
@@ -203,6 +283,11 @@ def test_dev_declares_a_regional_autopilot_cluster_with_settings_from_config(dev
     assert inputs["workloadIdentityConfig"] == {"workloadPool": "my-gcp-project.svc.id.goog"}
     apis = {r["inputs"]["service"] for r in by_type(dev, "gcp:projects/service:Service")}
     assert {"container.googleapis.com", "artifactregistry.googleapis.com", "storage.googleapis.com"} <= apis
+    assert "cloudresourcemanager.googleapis.com" in apis  # get_project_output (the image-pull grant) needs it
+    pull = by_type(dev, "gcp:artifactregistry/repositoryIamMember:RepositoryIamMember")[0]
+    crm = named(dev, "etude-api-cloudresourcemanager")
+    assert crm["urn"] in named(dev, "etude-images")["dependencies"] and pull["inputs"]["member"].startswith(
+        "serviceAccount:123456789012-compute@")
     assert all(r["inputs"]["disableOnDestroy"] is False for r in by_type(dev, "gcp:projects/service:Service"))
 
 
@@ -239,7 +324,7 @@ def test_dev_grants_the_workload_object_access_on_the_bucket_only(dev: dict[str,
     assert grant["inputs"]["bucket"] == by_type(dev, "gcp:storage/bucket:Bucket")[0]["state"]["name"]
     (wi,) = by_type(dev, "gcp:serviceaccount/iAMMember:IAMMember")
     assert wi["inputs"]["role"] == "roles/iam.workloadIdentityUser"
-    assert wi["inputs"]["member"] == "serviceAccount:my-gcp-project.svc.id.goog[etude/etude-runner]"
+    assert wi["inputs"]["member"] == "serviceAccount:my-gcp-project.svc.id.goog[etude/etude-runner-dev]"
     (ksa,) = by_type(dev, "kubernetes:core/v1:ServiceAccount")
     assert ksa["inputs"]["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": email}
     assert ksa["inputs"]["metadata"]["namespace"] == "etude"
@@ -251,7 +336,7 @@ def test_dev_grants_the_workload_object_access_on_the_bucket_only(dev: dict[str,
 def test_dev_outputs_what_use_case_stacks_read_and_the_kubeconfig_is_a_secret(dev: dict[str, Any]) -> None:
     out = dev["outputs"]
     assert set(mockrun.MOCK_PLATFORM) <= set(out)
-    assert out["namespace"] == "etude" and out["serviceAccount"] == "etude-runner"
+    assert out["namespace"] == "etude" and out["serviceAccount"] == "etude-runner-dev"
     assert out["registry"] == "europe-west4-docker.pkg.dev/my-gcp-project/etude-dev"
     kubeconfig = out["kubeconfig"]["secret"]
     assert "gke-gcloud-auth-plugin" in kubeconfig and "auth-provider" not in kubeconfig
@@ -283,3 +368,28 @@ def test_invalid_config_fails_before_any_resource(stack: str, overrides: dict[st
     run = mockrun.result(stack, overrides)
     assert run["error"] is not None and message in run["error"]
     assert run["resources"] == []
+
+
+# ---- around the program: the image and the preview workflow ------------------------------------------------
+
+
+def test_the_gpu_containers_path_keeps_the_images_own() -> None:
+    """GPU containers replace PATH (to add the NVIDIA tools), so it must still start with the image's."""
+    from components.manifests import IMAGE_PATH
+
+    final_stage = (PROJECT_DIR / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1]
+    (env,) = [line for line in final_stage.splitlines() if line.startswith("ENV PATH=")]
+    image_dirs = env.split()[1].removeprefix("PATH=").split(":")[:-1]  # before the base image's $PATH
+    assert image_dirs and IMAGE_PATH.split(":")[: len(image_dirs)] == image_dirs
+
+
+def test_the_preview_workflow_runs_trusted_code_with_read_only_roles() -> None:
+    workflow = yaml.safe_load((PROJECT_DIR / ".github/workflows/preview.yml").read_text())
+    text = (PROJECT_DIR / ".github/workflows/preview.yml").read_text()
+    (job,) = workflow["jobs"].values()
+    assert job["environment"] == "pulumi-preview"  # protected: required reviewers, its own secrets
+    assert job["if"] == "github.event.pull_request.head.repo.full_name == github.repository"  # no forks
+    uses = [step["uses"] for step in job["steps"] if "uses" in step]
+    assert "pulumi/actions@v7" in uses
+    assert "container.developer" not in text and "roles/container.viewer" in text
+

@@ -47,10 +47,51 @@ def test_reader_rejects_a_file_that_is_not_a_summary(gcs_bucket: str) -> None:
         ResultsReader().create({"results_uri": uri, "monthly_usd": 1.0, "job": "", "job_uid": "", "metrics": None})
 
 
+def test_reader_gives_the_storage_client_the_platforms_project(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a project, storage.Client() raises where none can be inferred (a use-case stack sets no
+    gcp:project); the reader passes the platform's."""
+    from google.cloud import storage as gcs
+
+    exp = load_stack("fashion")
+    variant = exp.variants[0]
+    summary = mock_summary(exp, variant.key).model_dump_json().encode()
+    clients: list[str | None] = []
+
+    class Blob:
+        def download_as_bytes(self) -> bytes:
+            return summary
+
+    class Client:
+        def __init__(self, project: str | None = None, **_: object) -> None:
+            if project is None:
+                raise OSError("Project was not passed and could not be determined from the environment.")
+            clients.append(project)
+
+        def bucket(self, _name: str) -> Client:
+            return self
+
+        def blob(self, _path: str) -> Blob:
+            return Blob()
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setattr(gcs, "Client", Client)
+    storage.gcs_client.cache_clear()
+    try:
+        props = {"results_uri": "gs://b/results/fashion/1/x", "project": "platform-project", "monthly_usd": 1.0,
+                 "job": "j", "job_uid": "u", "metrics": None}
+        outs = ResultsReader().create(props).outs
+        assert outs is not None and outs["metrics"]["variant"] == variant.key
+        assert clients == ["platform-project"]
+        with pytest.raises(RuntimeError, match="no results.*could not be determined"):
+            ResultsReader().create({**props, "project": None})
+    finally:
+        storage.gcs_client.cache_clear()  # the emulator's client for the tests after this one
+
+
 def test_reader_reads_again_when_the_run_changes_and_never_deletes_results() -> None:
     old = {"results_uri": "gs://b/results/s/1/v", "monthly_usd": 1.0, "job": "j1", "job_uid": "u1",
            "metrics": {"p50Ms": 1.0}, "__provider": "x"}
-    same = {**old, "metrics": None, "__provider": "y"}
+    same = {**old, "metrics": None, "__provider": "y", "project": "p"}  # whom the read is billed to: no new read
     assert ResultsReader().diff("id", old, same).changes is False
     new = {**same, "results_uri": "gs://b/results/s/2/v", "job": "j2", "job_uid": "u2"}
     diff = ResultsReader().diff("id", old, new)

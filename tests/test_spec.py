@@ -3,13 +3,15 @@ key, the value and what is allowed; the command lines of both sides come from on
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from etude import commands
+from etude import catalog, commands
 from etude.catalog import INSTANCE_TYPES
 from etude.spec import SpecError, available_stacks, load_stack, spec_from_config
 
@@ -124,14 +126,36 @@ def test_stack_file_by_path_and_broken_files(tmp_path: Path) -> None:
 def test_catalog_entries() -> None:
     assert INSTANCE_TYPES["gpu-t4"].accelerator == "nvidia-tesla-t4" and INSTANCE_TYPES["cpu"].accelerator is None
     assert {t.device for t in INSTANCE_TYPES.values()} == {"cpu", "cuda"}
-    assert all(t.price_source for t in INSTANCE_TYPES.values())
+    assert all(t.price_source and t.machine for t in INSTANCE_TYPES.values())
+    # the paper's figures are its one-year-commitment prices, the others on-demand list prices with a date
+    paper = {n for n, t in INSTANCE_TYPES.items() if t.price_basis == catalog.PAPER_COMMITMENT}
+    assert paper == {"cpu", "gpu-t4", "gpu-a100"}
+    assert all(t.price_basis == catalog.ON_DEMAND and re.search(r"\(20\d\d-\d\d\)", t.price_source)
+               for n, t in INSTANCE_TYPES.items() if n not in paper)
+    assert "N1" in INSTANCE_TYPES["gpu-t4"].machine and "e2" not in INSTANCE_TYPES["gpu-t4"].machine.lower()
+    assert all(t.gpu_quota for t in INSTANCE_TYPES.values() if t.gpus)
+
+
+def test_gpu_pods_fit_the_autopilot_request_maxima() -> None:
+    gpu_types = [t for t in INSTANCE_TYPES.values() if t.gpus]
+    assert {t.accelerator for t in gpu_types} <= set(catalog.AUTOPILOT_GPU_MAXIMA)
+    for t in gpu_types:
+        assert catalog.autopilot_gpu_misfit(t) is None, catalog.autopilot_gpu_misfit(t)
+    too_big = dataclasses.replace(INSTANCE_TYPES["gpu-a100"], memory="80Gi")
+    assert "at most 11 vCPU / 74 GiB" in str(catalog.autopilot_gpu_misfit(too_big))
+    assert catalog.autopilot_gpu_misfit(dataclasses.replace(INSTANCE_TYPES["gpu-t4"], cpu="37")) is not None
+    assert catalog.cpu_vcpu("5500m") == 5.5 and catalog.memory_gib("512Mi") == 0.5
 
 
 def test_command_lines_carry_the_spec() -> None:
     exp = load_stack("fashion")
     cpu, t4 = exp.variants[0], next(v for v in exp.variants if v.instance_type == "gpu-t4")
     uri = commands.model_uri(exp, cpu, "gs://bucket/models/")
-    assert uri == "gs://bucket/models/core-c1000000-jit-s42.pt"
+    assert uri == "gs://bucket/models/core-c1000000-jit-cpu-s42.pt"
+    t4_uri = commands.model_uri(exp, t4, "gs://bucket/models")  # same model, another device: another file
+    assert t4_uri == f"gs://bucket/models/{t4.model}-c1000000-jit-cuda-s42.pt"
+    export_t4 = commands.export_command(exp, t4, t4_uri)
+    assert export_t4[export_t4.index("--device") + 1] == "cuda"
     assert commands.export_command(exp, cpu, uri)[:2] == ["etude", "export"]
     serve = commands.serve_command(cpu, uri)
     assert serve[serve.index("--device") + 1] == "cpu" and serve[serve.index("--port") + 1] == "8080"
