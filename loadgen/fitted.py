@@ -3,10 +3,11 @@ by every verb that takes `--workload FILE` (docs/design.md, "The workload model 
 
 Each marginal (session lengths, per-item click counts) is the log's empirical distribution below x_min
 (probabilities of 1, 2, ..., x_min - 1) and a fitted tail on [x_min, x_max] holding the rest of the mass: a
-discrete truncated power law or a truncated geometric law, x_min chosen for each family by KS distance
-(Clauset, Shalizi and Newman 2009, `loadgen.fit`), the family whose whole-range model is closer to the log in
-KS distance kept. x_min is at most MAX_BODY + 1, so a file holds at most 2 x MAX_BODY probabilities; a
-marginal with fewer than MIN_DISTINCT distinct values (nothing to fit a tail to) is all body.
+discrete truncated power law or a truncated geometric law, each fitted by maximum likelihood with its x_min
+chosen by KS distance over the tail (Clauset, Shalizi and Newman 2009; `loadgen.fit`); of the two, the one
+whose whole-range model (body + tail) is closer to the log in KS distance is kept. x_min is at most
+MAX_BODY + 1, so a file holds at most 2 x MAX_BODY probabilities; a marginal with fewer than MIN_DISTINCT
+distinct values (nothing to fit a tail to) is all body.
 No ids and no sessions: only counts of counts, as probabilities, and the log's totals.
 """
 
@@ -23,7 +24,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from etude.errors import UsageError
-from loadgen.fit import MIN_DISTINCT, ClickLog, fit_geometric, fit_power_law, geometric_cdf, read_clicklog
+from loadgen.fit import (
+    MIN_DISTINCT,
+    ClickLog,
+    GeometricFit,
+    PowerLawFit,
+    fit_geometric,
+    fit_power_law,
+    geometric_cdf,
+    read_clicklog,
+)
 from loadgen.workload import MAX_SUPPORT_SIZE, PowerLaw, TabulatedLaw
 
 VERSION = 1
@@ -117,9 +127,9 @@ def fit_marginal(values: np.ndarray, what: str) -> Marginal:
         return Marginal(body=_probabilities(values, int(uniq[-1]) + 1), tail=None)
     power = fit_power_law(values, what, max_x_min=MAX_BODY + 1)
     geometric = fit_geometric(values, what, max_x_min=MAX_BODY + 1)
-    fits = sorted([(power.ks * power.n_tail, 0, power), (geometric.ks * geometric.n_tail, 1, geometric)],
-                  key=lambda f: f[:2])  # whole-range KS distance = tail share x tail KS (the body is exact)
-    best = fits[0][2]
+    # Whole-range KS distance of body + tail = the tail's share x the tail's KS distance (the body is exact).
+    closer = power.ks * power.n_tail <= geometric.ks * geometric.n_tail
+    best: PowerLawFit | GeometricFit = power if closer else geometric
     tail = Tail(
         family="power_law" if best is power else "geometric",
         x_min=best.x_min,

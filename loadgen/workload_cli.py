@@ -49,7 +49,7 @@ def check_workload(args: argparse.Namespace) -> None:
                                       ("--alpha-*", _either(args.alpha_length, args.alpha_clicks)),
                                       ("--clicklog", getattr(args, "clicklog", None))) if value is not None]
     if len(given) > 1:
-        raise UsageError(f"give one workload, not {' and '.join(given)}")
+        raise UsageError(f"give one workload, not both {given[0]} and {given[1]}")
     if not given:
         choices = "--workload FILE, --preset bolcom|rsc15, --alpha-length with --alpha-clicks"
         raise UsageError(f"give a workload: {choices}{', or --clicklog' if hasattr(args, 'clicklog') else ''}")
@@ -120,8 +120,8 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.compare and not out_dir.is_dir():
         raise UsageError(f"--out-dir {out_dir}: no such folder")
     log_ = read_clicklog(args.clicklog)
-    result: dict[str, Any] = summary(log_)
     model = fit_workload(log_, args.clicklog)
+    result: dict[str, Any] = summary(log_)
     if args.out is not None:
         write_workload(model, args.out)
     if args.compare:
