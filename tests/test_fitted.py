@@ -174,7 +174,7 @@ def test_the_file_is_small_versioned_statistics_only_and_round_trips(
     assert doc["version"] == VERSION and set(doc) == {"version", "clicks", "sessions", "items", "session_length",
                                                        "item_clicks"}  # fmt: skip
     assert (doc["clicks"], doc["sessions"], doc["items"]) == (83_846, 21_210, 2_933)
-    assert out.stat().st_size < 8 * 1024
+    assert out.stat().st_size < 4 * 1024
     for key in ("session_length", "item_clicks"):
         assert set(doc[key]) == {"body", "tail"} and len(doc[key]["body"]) <= MAX_BODY
     assert read_workload(str(out)) == WorkloadModel.model_validate(doc)
