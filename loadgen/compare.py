@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from loadgen.workload import Law
+
 TOP_SHARES = (0.01, 0.10, 0.50)
 
 
@@ -66,14 +68,13 @@ def side_by_side(
 
 
 def synthetic_marginals(
-    workload: object, clicks: int, catalog_size: int, seed: int
+    laws: tuple[Law, Law], clicks: int, catalog_size: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(session lengths, per-item click counts of the items clicked) of `clicks` synthetic clicks of a
-    `SyntheticWorkload` built from the laws `workload` = (session length, item clicks)."""
+    `SyntheticWorkload` built from `laws` = (session length law, item clicks law)."""
     from loadgen.workload import SyntheticWorkload
 
-    assert isinstance(workload, tuple)
-    synthetic = SyntheticWorkload(catalog_size, *workload, seed=seed)
+    synthetic = SyntheticWorkload(catalog_size, laws[0], laws[1], seed)
     sessions, items = [], []
     for session_ids, item_ids, _ in synthetic.clicks(clicks):
         sessions.append(session_ids)

@@ -36,7 +36,7 @@ from loadgen.fit import (
 )
 from loadgen.workload import MAX_SUPPORT_SIZE, PowerLaw, TabulatedLaw
 
-VERSION = 1
+VERSION: Literal[1] = 1
 MAX_BODY = 1000
 _DIGITS = 8  # significant digits of the probabilities in the file
 

@@ -12,9 +12,12 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from etude.errors import UsageError
+
+if TYPE_CHECKING:
+    from loadgen.workload import Law
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ def _either(*values: float | None) -> float | None:
     return next((v for v in values if v is not None), None)
 
 
-def laws_from_args(args: argparse.Namespace) -> Any:
+def laws_from_args(args: argparse.Namespace) -> tuple[Law, Law]:
     """(session length law, item clicks law) from the flags of `add_workload_args`; UsageError when invalid."""
     from loadgen.workload import workload_laws
 

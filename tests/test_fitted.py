@@ -5,6 +5,7 @@ shuffle it rests on, the file (versioned, statistics only, checked), and bad inp
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +156,7 @@ def test_tabulated_law_quantiles_sum_to_n_and_follow_the_law() -> None:
 # ---- the file -----------------------------------------------------------------------------------------------------
 
 
-def write_log(path: Path, rows: list[tuple[object, object]], header: str = "session_id,item_id") -> Path:
+def write_log(path: Path, rows: Sequence[tuple[object, object]], header: str = "session_id,item_id") -> Path:
     path.write_text(header + "\n" + "".join(f"{s},{i}\n" for s, i in rows))
     return path
 

@@ -46,8 +46,8 @@ def _start_all_runs() -> None:
     """Start every run this module needs at once: they run in parallel in their own interpreters."""
     WORKLOAD_FILE.write_text('{"version": 1}\n')
     WORKLOAD_FILE.with_name("clicks.csv").write_text("session_id,item_id\n1,1\n")
-    for overrides in (LOCAL_FITTED, LOCAL_CLICKLOG, GCS_FITTED):
-        mockrun.start("groceries-small", overrides)
+    for workload in (LOCAL_FITTED, LOCAL_CLICKLOG, GCS_FITTED):
+        mockrun.start("groceries-small", workload)
     for stack in ALL_STACKS:
         mockrun.start(stack)
     for overrides in (OWN_PLATFORM, SEQUENTIAL, RUN_2, PREBUILT):
