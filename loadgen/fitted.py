@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -201,22 +199,9 @@ def read_workload(path: str) -> WorkloadModel:
 
 
 def write_workload(model: WorkloadModel, out: str) -> None:
-    """Write the model as JSON to a local path (atomically) or gs://."""
+    """Write the model as JSON to a local path or gs://, whole or not at all."""
     from etude import storage
 
-    data = (model.model_dump_json(indent=1) + "\n").encode()
-    if storage.is_gcs(out):
-        storage.write_bytes(out, data)
-        return
-    path = Path(out)
-    if path.is_dir():
+    if not storage.is_gcs(out) and Path(out).is_dir():
         raise UsageError(f"--out {out} is a directory")
-    if not path.parent.is_dir():
-        raise UsageError(f"--out {out}: folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise UsageError(f"--out {out}: cannot write: {err.strerror or err}") from None
+    storage.write_bytes(out, (model.model_dump_json(indent=1) + "\n").encode())

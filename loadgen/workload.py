@@ -43,8 +43,31 @@ MAX_SUPPORT_SIZE = 10_000_000
 BLOCK_SESSIONS = 1 << 14
 
 
+class DiscreteLaw:
+    """What every law on the integers [x_min, x_max] given by its CDF (`cdf()`) offers."""
+
+    x_min: int
+    x_max: int
+
+    def cdf(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def support(self) -> np.ndarray:
+        return np.arange(self.x_min, self.x_max + 1, dtype=np.int64)
+
+    def pmf(self) -> np.ndarray:
+        return np.diff(self.cdf(), prepend=0.0)
+
+    def mean(self) -> float:
+        return float(self.pmf() @ self.support())
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """`n` independent draws (int64) by inverse-transform sampling over the finite support."""
+        return self.x_min + np.searchsorted(self.cdf(), rng.random(n), side="right").astype(np.int64)
+
+
 @dataclass(frozen=True)
-class PowerLaw:
+class PowerLaw(DiscreteLaw):
     """Discrete truncated power law: p(x) proportional to x^-alpha on the integers [x_min, x_max]."""
 
     alpha: float
@@ -58,9 +81,6 @@ class PowerLaw:
             raise UsageError(f"power-law support [{self.x_min}, {self.x_max}] must satisfy 1 <= x_min <= x_max")
         if self.x_max - self.x_min + 1 > MAX_SUPPORT_SIZE:
             raise UsageError(f"power-law support [{self.x_min}, {self.x_max}] has more than {MAX_SUPPORT_SIZE} values")
-
-    def support(self) -> np.ndarray:
-        return np.arange(self.x_min, self.x_max + 1, dtype=np.int64)
 
     def weights(self) -> np.ndarray:
         """Unnormalised probabilities over `support()`."""
@@ -77,16 +97,6 @@ class PowerLaw:
     def cdf(self) -> np.ndarray:
         """P(X <= x) for x in `support()`."""
         return self._cdf
-
-    def pmf(self) -> np.ndarray:
-        return np.diff(self._cdf, prepend=0.0)
-
-    def mean(self) -> float:
-        return float(self.pmf() @ self.support())
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """`n` independent draws (int64) by inverse-transform sampling over the finite support."""
-        return self.x_min + np.searchsorted(self._cdf, rng.random(n), side="right").astype(np.int64)
 
     def sampler(self, rng: np.random.Generator) -> Callable[[int], np.ndarray]:
         """A stream of independent draws: each call takes `n`."""
@@ -286,7 +296,7 @@ def _splitmix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-class TabulatedLaw:
+class TabulatedLaw(DiscreteLaw):
     """A discrete law given by its probabilities on 1, 2, ..., len(pmf): a fitted workload's marginal.
 
     Both uses take the law's quantiles at n evenly spread points, Q((j + 1/2) / n) for j < n, Q the quantile
@@ -312,17 +322,8 @@ class TabulatedLaw:
         self.x_min, self.x_max = 1, int(pmf.size)
         self.epoch = int(epoch)
 
-    def support(self) -> np.ndarray:
-        return np.arange(1, self.x_max + 1, dtype=np.int64)
-
     def cdf(self) -> np.ndarray:
         return self._cdf
-
-    def pmf(self) -> np.ndarray:
-        return np.diff(self._cdf, prepend=0.0)
-
-    def mean(self) -> float:
-        return float(self.pmf() @ self.support())
 
     def quantile_histogram(self, n: int) -> np.ndarray:
         """How many of the n quantile points fall on each value of `support()`."""

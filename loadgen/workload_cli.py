@@ -114,6 +114,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
+    from etude import storage
     from loadgen.fit import read_clicklog, summary
     from loadgen.fitted import fit_workload, write_workload
 
@@ -133,21 +134,11 @@ def run_fit(args: argparse.Namespace) -> int:
         real = (log_.session_lengths(), log_.item_clicks())
         synthetic = synthetic_marginals(model.laws(), len(log_), model.items, args.seed)
         result["compare"] = side_by_side(real, synthetic, model.items)
-        write_text_atomically(out_dir / "compare.json", json.dumps(result["compare"], indent=2) + "\n")
+        storage.write_bytes(str(out_dir / "compare.json"), (json.dumps(result["compare"], indent=2) + "\n").encode())
         ccdf_plot(real, synthetic, f"{Path(args.clicklog).name}: real vs synthetic ({len(log_)} clicks)",
                   out_dir / "ccdf.png")
     print(json.dumps(result, indent=2))
     return 0
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise UsageError(f"{path}: cannot write: {err.strerror or err}") from None
 
 
 def run_generate(args: argparse.Namespace) -> int:
