@@ -88,6 +88,8 @@ def ccdf_plot(
     real: tuple[np.ndarray, np.ndarray], synthetic: tuple[np.ndarray, np.ndarray], title: str, path: Path
 ) -> None:
     """Log-log P(X >= x) of session lengths and of per-item click counts, real beside synthetic (PNG)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     from etude.plots import _pyplot
 
     plt = _pyplot()
@@ -101,6 +103,8 @@ def ccdf_plot(
                 ax.step(x, ccdf, where="post", label=name)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("P(X >= x)")
         ax.grid(True, which="both", alpha=0.3)
