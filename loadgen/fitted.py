@@ -91,7 +91,8 @@ class Marginal(_Strict):
             raise ValueError(f"probabilities sum to {total:.6f}, not 1")
         return self
 
-    def law(self, epoch: int = 1) -> TabulatedLaw:
+    def law(self, epoch: int) -> TabulatedLaw:
+        """This marginal as a law drawn in passes of `epoch` quantiles (`TabulatedLaw`)."""
         pmf = np.array(self.body, dtype=np.float64)
         if self.tail is not None:
             pmf = np.concatenate([pmf, self.tail.mass * self.tail.pmf()])
@@ -110,7 +111,7 @@ class WorkloadModel(_Strict):
 
     def laws(self) -> tuple[TabulatedLaw, TabulatedLaw]:
         """(session length law, per-item click count law) for `SyntheticWorkload`."""
-        return self.session_length.law(epoch=self.sessions), self.item_clicks.law()
+        return self.session_length.law(self.sessions), self.item_clicks.law(self.items)
 
 
 def fit_marginal(values: np.ndarray, what: str) -> Marginal:

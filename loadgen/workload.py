@@ -8,6 +8,8 @@ CDF of those C counts: item i is clicked with probability counts[i] / sum(counts
 Laws and supports
 - Exponent mode (`--alpha-length A --alpha-clicks B`, 0 < alpha <= 10): session lengths on [1, 200]
   (`SESSION_LENGTH_SUPPORT`), item click counts on [1, 100000] (`ITEM_CLICKS_SUPPORT`).
+- A fitted workload (`--workload FILE`, `loadgen.fitted`): `TabulatedLaw`s, drawn by quantiles in shuffled
+  passes and from an urn of item clicks (see `TabulatedLaw`, `ItemUrn`, `Shuffle`).
 - Presets reproduce the fits in DESIGN.md, `scipy.stats.powerlaw(a, loc, scale)` with density proportional to
   (t - loc)^-(1 - a) on [loc, loc + scale]. A click count or session length is an integer, so the preset law is
   the integer part of a draw from that fit (`BinnedPowerLaw`): P(k) = F(k + 1) - F(k) with
@@ -309,7 +311,7 @@ class TabulatedLaw(DiscreteLaw):
       the fitted log's item count the numbers of items per count are the log's; clicks come from an `ItemUrn`.
     """
 
-    def __init__(self, pmf: np.ndarray, epoch: int = 1) -> None:
+    def __init__(self, pmf: np.ndarray, epoch: int) -> None:
         pmf = np.asarray(pmf, dtype=np.float64)
         if pmf.ndim != 1 or pmf.size == 0 or not np.isfinite(pmf).all() or (pmf < 0).any() or pmf.sum() <= 0:
             raise UsageError("a tabulated law needs finite, non-negative probabilities that are not all zero")
@@ -320,6 +322,8 @@ class TabulatedLaw(DiscreteLaw):
         cdf.setflags(write=False)
         self._cdf = cdf
         self.x_min, self.x_max = 1, int(pmf.size)
+        if epoch < 1:
+            raise UsageError(f"a tabulated law's epoch must be >= 1, got {epoch}")
         self.epoch = int(epoch)
 
     def cdf(self) -> np.ndarray:
@@ -333,9 +337,9 @@ class TabulatedLaw(DiscreteLaw):
 
     def sampler(self, rng: np.random.Generator) -> Callable[[int], np.ndarray]:
         """Session lengths: each call takes the next `n` (int64) of shuffled passes over `epoch` quantiles."""
-        values = np.repeat(self.support(), self.quantile_histogram(self.epoch))
-        positions = Shuffle(len(values)).stream(rng)
-        return lambda n: values[positions(n).astype(np.intp)]
+        ends = np.cumsum(self.quantile_histogram(self.epoch))  # the sorted quantiles: value v up to ends[v - 1]
+        positions = Shuffle(self.epoch).stream(rng)
+        return lambda n: 1 + np.searchsorted(ends, positions(n).astype(np.int64), side="right").astype(np.int64)
 
     def popularity(self, catalog_size: int, rng: np.random.Generator) -> ItemUrn:
         return ItemUrn(self.support(), self.quantile_histogram(catalog_size), rng)
