@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -100,14 +99,14 @@ class EtudeExperiment(pulumi.ComponentResource):
 
     def _upload_workload(self, name: str, exp: Experiment, bucket: Output[str]) -> gcp.storage.BucketObject | None:
         """The stack's local workload file as a bucket object (None when there is none or it is a gs:// URI)."""
-        given = exp.scenario.workload.file
-        if given is None or given.startswith("gs://"):
+        path = exp.scenario.workload.local_file()
+        if path is None:
             return None
-        path = Path(given) if Path(given).is_absolute() else PROJECT_DIR / given
         if not path.is_file():
-            raise SpecError(f"etude:scenario.workload = {given!r}: no such file (a path is relative to {PROJECT_DIR})")
+            raise SpecError(f"etude:scenario.workload = {exp.scenario.workload.file!r}: no such file (a path is "
+                            f"relative to {PROJECT_DIR})")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        return gcp.storage.BucketObject(f"{name}-workload", bucket=bucket, name=workload_object(given, digest),
+        return gcp.storage.BucketObject(f"{name}-workload", bucket=bucket, name=workload_object(path.name, digest),
                                         source=pulumi.FileAsset(str(path)), opts=ResourceOptions(parent=self))
 
     def _workload_uri(self) -> Output[str | None]:

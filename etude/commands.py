@@ -38,10 +38,10 @@ def results_uri(exp: Experiment, variant: Variant, results_root: str) -> str:
     return f"{run_root(exp, results_root)}/{variant.key}"
 
 
-def workload_object(path: str, digest: str) -> str:
+def workload_object(file_name: str, digest: str) -> str:
     """The bucket object a local workload file is uploaded to: `workloads/<sha256 prefix>-<file name>` (a changed
     file is a new object, so a new Job)."""
-    return f"workloads/{digest[:16]}-{path.replace(chr(92), '/').rsplit('/', 1)[-1]}"
+    return f"workloads/{digest[:16]}-{file_name}"
 
 
 def export_command(exp: Experiment, variant: Variant, out: str) -> list[str]:
@@ -105,7 +105,8 @@ def loadgen_command(
     """The load generator against `url`, writing results to `out`.
 
     `shard` is `i/n` (Kubernetes passes `$(JOB_COMPLETION_INDEX)/n`); ramp and hold may be shortened locally;
-    `workload_uri` replaces the workload file's local path (its copy in the bucket, `workload_object`).
+    `workload_uri` replaces the workload file's path (its copy in the bucket, `workload_object`, or its absolute
+    local path).
     The variant's identity is echoed into summary.json so results are self-describing.
     """
     sc = exp.scenario

@@ -88,6 +88,13 @@ class Workload(ConfigModel):
         """The click log or workload model file this workload reads, if any."""
         return self.clicklog if self.clicklog is not None else self.fitted
 
+    def local_file(self, project_dir: Path = PROJECT_DIR) -> Path | None:
+        """The workload file when it is a local path (a relative one taken from `project_dir`), else None."""
+        if self.file is None or self.file.startswith("gs://"):
+            return None
+        path = Path(self.file)
+        return path if path.is_absolute() else project_dir / path
+
     def cli_args(self, file_uri: str | None = None) -> list[str]:
         """The load generator's workload flags; `file_uri` replaces the file's path (its copy in the bucket)."""
         if self.preset is not None:

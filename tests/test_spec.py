@@ -120,6 +120,15 @@ def test_a_workload_becomes_the_load_generators_flags(workload: dict[str, str], 
     assert in_bucket[in_bucket.index(flags[0]) : in_bucket.index(flags[0]) + 2] == expected
 
 
+def test_a_relative_workload_file_is_taken_from_the_project_folder(tmp_path: Path) -> None:
+    from etude.spec import PROJECT_DIR, Workload
+
+    assert Workload(fitted="w/rsc15.json").local_file() == PROJECT_DIR / "w" / "rsc15.json"
+    assert Workload(clicklog="c.csv").local_file(tmp_path) == tmp_path / "c.csv"
+    assert Workload(fitted=str(tmp_path / "a.json")).local_file() == tmp_path / "a.json"
+    assert Workload(fitted="gs://b/w.json").local_file() is None and Workload(preset="bolcom").local_file() is None
+
+
 def test_user_model_variant(tmp_path: Path) -> None:
     cfg = {**_config(), "etude:variants": [{"modelUri": "gs://team/models/my-ranker.pt", "runtime": "eager"}]}
     (v,) = spec_from_config("custom", cfg).variants
