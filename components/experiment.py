@@ -9,6 +9,9 @@ Per variant (model x runtime x instance type x replicas), as children of the com
    (timeout = ramp + hold + margin); its name carries `runId`, so a new runId runs a new Job, servers untouched;
 4. `<name>-<variant>-results`: `summary.json` read back from the bucket (`components.results`).
 
+A workload file given as a local path (`clicklog` or `fitted`) is uploaded once, as `<name>-workload` (a
+BucketObject under `gs://<bucket>/workloads/`), and the Jobs read it from there; a gs:// URI is passed as is.
+
 `sequential: true` chains the variants: once a variant's Job is done, `<name>-<variant>-scale-down` (a
 DeploymentPatch) scales its servers to zero, and only then do the next variant's servers start. The variants
 never compete for the cluster, and at most one variant's GPUs are held at a time (`peak_gpus`; docs/design.md,
@@ -17,11 +20,13 @@ never compete for the cluster, and at most one variant's GPUs are held at a time
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 from pulumi import Input, Output, ResourceOptions
 
@@ -35,8 +40,16 @@ from components.manifests import (
     shard_arg,
 )
 from components.results import VariantResults
-from etude.commands import export_command, loadgen_command, model_uri, results_uri, run_root, serve_command
-from etude.spec import Experiment, Variant
+from etude.commands import (
+    export_command,
+    loadgen_command,
+    model_uri,
+    results_uri,
+    run_root,
+    serve_command,
+    workload_object,
+)
+from etude.spec import PROJECT_DIR, Experiment, SpecError, Variant
 
 SERVER_TIMEOUT = "30m"  # GPU nodes on Autopilot take minutes, a 20M-item model takes minutes to export and load
 
@@ -62,6 +75,7 @@ class EtudeExperiment(pulumi.ComponentResource):
     results: Output[dict[str, Any]]
     cheapest_within_slo: Output[dict[str, Any] | None]
     results_root: Output[str]
+    workload_file: gcp.storage.BucketObject | None
 
     def __init__(self, name: str, args: EtudeExperimentArgs, opts: ResourceOptions | None = None) -> None:
         super().__init__("etude:index:EtudeExperiment", name, None, opts)
@@ -70,6 +84,7 @@ class EtudeExperiment(pulumi.ComponentResource):
         models_root = bucket.apply(lambda b: f"gs://{b}/models")
         runs_root = bucket.apply(lambda b: f"gs://{b}/results")
         self.deployments, self.services, self.jobs, self.variant_results = {}, {}, {}, {}
+        self.workload_file = self._upload_workload(name, exp, bucket)
 
         after: list[pulumi.Resource] = []
         for variant in exp.variants:
@@ -89,6 +104,24 @@ class EtudeExperiment(pulumi.ComponentResource):
             "cheapestWithinSlo": self.cheapest_within_slo,
             "resultsRoot": self.results_root,
         })
+
+    def _upload_workload(self, name: str, exp: Experiment, bucket: Output[str]) -> gcp.storage.BucketObject | None:
+        """The stack's local workload file as a bucket object (None when there is none or it is a gs:// URI)."""
+        path = exp.scenario.workload.local_file()
+        if path is None:
+            return None
+        if not path.is_file():
+            raise SpecError(f"etude:scenario.workload = {exp.scenario.workload.file!r}: no such file (a path is "
+                            f"relative to {PROJECT_DIR})")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return gcp.storage.BucketObject(f"{name}-workload", bucket=bucket, name=workload_object(path.name, digest),
+                                        source=pulumi.FileAsset(str(path)), opts=ResourceOptions(parent=self))
+
+    def _workload_uri(self) -> Output[str | None]:
+        obj = self.workload_file
+        if obj is None:
+            return Output.from_input(None)
+        return Output.all(obj.bucket, obj.name).apply(lambda bn: f"gs://{bn[0]}/{bn[1]}")
 
     def _variant(
         self,
@@ -126,13 +159,15 @@ class EtudeExperiment(pulumi.ComponentResource):
             namespace=args.namespace,
             service_account=args.service_account,
             image=args.image_cpu,
-            loadgen_argv=out.apply(lambda o: loadgen_command(exp, v, url=server_url(exp, v), out=o,
-                                                             shard=shard_arg(exp))),
+            loadgen_argv=Output.all(out, self._workload_uri()).apply(
+                lambda ow: loadgen_command(exp, v, url=server_url(exp, v), out=ow[0], shard=shard_arg(exp),
+                                           workload_uri=ow[1])),
         )  # fmt: skip
         timeout = f"{job_timeout_s(exp)}s"
         job = k8s.batch.v1.Job(f"{base}-loadgen", metadata=metadata, spec=job_spec, opts=ResourceOptions(
             parent=self,
-            depends_on=[deployment, service, *after],  # servers ready (the Deployment's await) before load
+            # servers ready (the Deployment's await) and the workload file uploaded before load
+            depends_on=[deployment, service, *after, *([self.workload_file] if self.workload_file else [])],
             custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout),
         ))
 

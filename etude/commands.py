@@ -40,6 +40,12 @@ def results_uri(exp: Experiment, variant: Variant, results_root: str) -> str:
     return f"{run_root(exp, results_root)}/{variant.key}"
 
 
+def workload_object(file_name: str, digest: str) -> str:
+    """The bucket object a local workload file is uploaded to: `workloads/<sha256 prefix>-<file name>` (a changed
+    file is a new object, so a new Job)."""
+    return f"workloads/{digest[:16]}-{file_name}"
+
+
 def export_command(exp: Experiment, variant: Variant, out: str) -> list[str]:
     """Export a built-in model with random weights (seeded) to `out`, unless it is there already, for the device
     the variant serves on (the export itself runs on the CPU)."""
@@ -98,10 +104,13 @@ def loadgen_command(
     shard: str | None = None,
     ramp_seconds: int | None = None,
     hold_seconds: int | None = None,
+    workload_uri: str | None = None,
 ) -> list[str]:
     """The load generator against `url`, writing results to `out`.
 
-    `shard` is `i/n` (Kubernetes passes `$(JOB_COMPLETION_INDEX)/n`); ramp and hold may be shortened locally.
+    `shard` is `i/n` (Kubernetes passes `$(JOB_COMPLETION_INDEX)/n`); ramp and hold may be shortened locally;
+    `workload_uri` replaces the workload file's path (its copy in the bucket, `workload_object`, or its absolute
+    local path).
     The variant's identity is echoed into summary.json so results are self-describing.
     """
     sc = exp.scenario
@@ -112,7 +121,7 @@ def loadgen_command(
         "--target-rps", str(sc.target_rps),
         "--ramp-seconds", str(sc.ramp_seconds if ramp_seconds is None else ramp_seconds),
         "--hold-seconds", str(sc.hold_seconds if hold_seconds is None else hold_seconds),
-        *sc.workload.cli_args(),
+        *sc.workload.cli_args(workload_uri),
         "--seed", str(sc.seed),
         "--slo-ms", f"{sc.slo.latency_ms:g}",
         "--slo-percentile", f"{sc.slo.percentile:g}",

@@ -62,28 +62,47 @@ class ConfigModel(BaseModel):
 
 
 class Workload(ConfigModel):
-    """Exactly one of: a preset, a pair of power-law exponents, or a click log to replay."""
+    """Exactly one of: a preset, a pair of power-law exponents, a click log to replay, or a fitted workload model
+    (`etude fit CLICKLOG --out FILE`). A file is a local path (relative to the project folder; `pulumi up`
+    uploads it to the platform bucket) or a gs:// URI."""
 
     preset: Literal["bolcom", "rsc15"] | None = None
     alpha_length: float | None = Field(default=None, gt=0.0, le=10.0)
     alpha_clicks: float | None = Field(default=None, gt=0.0, le=10.0)
-    clicklog: str | None = None
+    clicklog: str | None = Field(default=None, min_length=1)
+    fitted: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Workload:
         given = [self.preset is not None, self.alpha_length is not None or self.alpha_clicks is not None,
-                 self.clicklog is not None]
+                 self.clicklog is not None, self.fitted is not None]
         if sum(given) != 1:
-            raise ValueError("give exactly one of preset (bolcom|rsc15), alphaLength + alphaClicks, or clicklog")
+            raise ValueError("give exactly one of preset (bolcom|rsc15), alphaLength + alphaClicks, clicklog, "
+                             "or fitted")
         if given[1] and (self.alpha_length is None or self.alpha_clicks is None):
             raise ValueError("alphaLength and alphaClicks go together")
         return self
 
-    def cli_args(self) -> list[str]:
+    @property
+    def file(self) -> str | None:
+        """The click log or workload model file this workload reads, if any."""
+        return self.clicklog if self.clicklog is not None else self.fitted
+
+    def local_file(self, project_dir: Path = PROJECT_DIR) -> Path | None:
+        """The workload file when it is a local path (a relative one taken from `project_dir`), else None."""
+        if self.file is None or self.file.startswith("gs://"):
+            return None
+        path = Path(self.file)
+        return path if path.is_absolute() else project_dir / path
+
+    def cli_args(self, file_uri: str | None = None) -> list[str]:
+        """The load generator's workload flags; `file_uri` replaces the file's path (its copy in the bucket)."""
         if self.preset is not None:
             return ["--preset", self.preset]
         if self.clicklog is not None:
-            return ["--clicklog", self.clicklog]
+            return ["--clicklog", file_uri or self.clicklog]
+        if self.fitted is not None:
+            return ["--workload", file_uri or self.fitted]
         return ["--alpha-length", str(self.alpha_length), "--alpha-clicks", str(self.alpha_clicks)]
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from etude.errors import UsageError
-from loadgen.workload_cli import add_workload_args, check_clicklog_alone, laws_from_args
+from loadgen.workload_cli import add_workload_args, check_workload, laws_from_args
 
 if TYPE_CHECKING:
     import asyncio
@@ -130,16 +130,14 @@ def validate(args: argparse.Namespace) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
-    check_clicklog_alone(args)
-    if args.clicklog is None and (args.preset, args.alpha_length, args.alpha_clicks) == (None, None, None):
-        raise UsageError("give a workload: --preset bolcom|rsc15, --alpha-length with --alpha-clicks, or --clicklog")
-    if args.clicklog is None:
-        laws_from_args(args)  # the synthetic workload's flags, checked before anything starts
+    check_workload(args)  # one workload, a synthetic one's flags (or file) checked before anything starts
 
 
 def workload_spec(args: argparse.Namespace) -> dict[str, object]:
     if args.clicklog is not None:
         return {"clicklog": args.clicklog}
+    if args.workload is not None:
+        return {"fitted": args.workload}
     if args.preset is not None:
         return {"preset": args.preset}
     return {"alpha_length": args.alpha_length, "alpha_clicks": args.alpha_clicks}

@@ -33,6 +33,7 @@ MIN_TAIL = 50
 MIN_DISTINCT = 10
 MAX_CANDIDATES = 100
 ALPHA_BOUNDS = (0.01, 10.0)
+DECAY_BOUNDS = (1e-6, 30.0)
 _HEAD_TERMS = 32
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
@@ -178,22 +179,12 @@ def power_sum(alpha: Any, a: Any, b: Any) -> np.ndarray:
     return np.asarray(head + np.where(has_tail, tail, 0.0))
 
 
-def fit_power_law(values: np.ndarray, what: str = "values") -> PowerLawFit:
-    """Discrete truncated power-law fit with x_min chosen by KS distance (see the module docstring)."""
-    values = np.asarray(values, dtype=np.int64)
-    if values.size == 0 or values.min() < 1:
-        raise UsageError(f"cannot fit {what}: need positive counts")
-    uniq, cnt = np.unique(values, return_counts=True)
-    if len(uniq) < 2:
-        raise UsageError(f"cannot fit {what}: all {values.size} values are {uniq[0]}, no power law to fit")
+def fit_power_law(values: np.ndarray, what: str = "values", max_x_min: int | None = None) -> PowerLawFit:
+    """Discrete truncated power-law fit with x_min chosen by KS distance (see the module docstring); x_min is at
+    most `max_x_min` when given."""
+    uniq, cnt, n_tail, cands = _tail_candidates(values, what, max_x_min)
     x_max = int(uniq[-1])
-    n_tail = np.cumsum(cnt[::-1])[::-1]  # observations >= uniq[i]
     log_tail = np.cumsum((cnt * np.log(uniq))[::-1])[::-1]
-    cands = np.flatnonzero(n_tail[: len(uniq) - MIN_DISTINCT + 1] >= MIN_TAIL)
-    if cands.size == 0:
-        cands = np.array([0])
-    if cands.size > MAX_CANDIDATES:
-        cands = cands[np.unique(np.geomspace(1, cands.size, MAX_CANDIDATES).round().astype(int) - 1)]
     alphas = _mle(uniq[cands].astype(float), log_tail[cands] / n_tail[cands], float(x_max))
     best: PowerLawFit | None = None
     for i, alpha in zip(cands.tolist(), alphas.tolist(), strict=True):
@@ -204,31 +195,107 @@ def fit_power_law(values: np.ndarray, what: str = "values") -> PowerLawFit:
     return best
 
 
+@dataclass(frozen=True)
+class GeometricFit:
+    """Discrete truncated exponential (geometric) tail: p(x) proportional to exp(-decay * x) on [x_min, x_max]."""
+
+    decay: float
+    x_min: int
+    x_max: int
+    ks: float
+    n_tail: int
+
+
+def fit_geometric(values: np.ndarray, what: str = "values", max_x_min: int | None = None) -> GeometricFit:
+    """Maximum-likelihood geometric tail, x_min chosen by KS distance on the same candidates as the power law."""
+    uniq, cnt, n_tail, cands = _tail_candidates(values, what, max_x_min)
+    x_max = int(uniq[-1])
+    sum_tail = np.cumsum((cnt * uniq.astype(float))[::-1])[::-1]
+    x_min = uniq[cands].astype(float)
+    decays = _mle_geometric(sum_tail[cands] / n_tail[cands] - x_min, x_max - x_min + 1)
+    best: GeometricFit | None = None
+    for i, decay in zip(cands.tolist(), decays.tolist(), strict=True):
+        ks = _ks_cdf(lambda u, d=decay, lo=int(uniq[i]): geometric_cdf(d, lo, x_max, u), uniq[i:], cnt[i:])
+        if best is None or ks < best.ks:
+            best = GeometricFit(decay=decay, x_min=int(uniq[i]), x_max=x_max, ks=ks, n_tail=int(n_tail[i]))
+    assert best is not None
+    return best
+
+
+def geometric_cdf(decay: float, x_min: int, x_max: int, u: np.ndarray) -> np.ndarray:
+    """P(X <= u) of the truncated geometric law on [x_min, x_max] (u >= x_min - 1)."""
+    out: np.ndarray = np.expm1(-decay * (np.asarray(u, float) - x_min + 1)) / np.expm1(-decay * (x_max - x_min + 1))
+    return out
+
+
+def _tail_candidates(
+    values: np.ndarray, what: str, max_x_min: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct values, their counts, observations at or above each, indices of the x_min candidates)."""
+    values = np.asarray(values, dtype=np.int64)
+    if values.size == 0 or values.min() < 1:
+        raise UsageError(f"cannot fit {what}: need positive counts")
+    uniq, cnt = np.unique(values, return_counts=True)
+    if len(uniq) < 2:
+        raise UsageError(f"cannot fit {what}: all {values.size} values are {uniq[0]}, no power law to fit")
+    n_tail = np.cumsum(cnt[::-1])[::-1]  # observations >= uniq[i]
+    ok = n_tail[: len(uniq) - MIN_DISTINCT + 1] >= MIN_TAIL
+    if max_x_min is not None:
+        ok &= uniq[: len(ok)] <= max_x_min
+    cands = np.flatnonzero(ok)
+    if cands.size == 0:
+        cands = np.array([0])
+    if cands.size > MAX_CANDIDATES:
+        cands = cands[np.unique(np.geomspace(1, cands.size, MAX_CANDIDATES).round().astype(int) - 1)]
+    return uniq, cnt, n_tail, cands
+
+
 def _mle(x_min: np.ndarray, mean_log: np.ndarray, x_max: float) -> np.ndarray:
     """Per candidate: argmax of the mean log-likelihood -alpha * mean(log x) - log Z(alpha), golden section."""
 
     def loglik(alpha: np.ndarray) -> np.ndarray:
         return np.asarray(-alpha * mean_log - np.log(power_sum(alpha, x_min, x_max)))
 
-    lo, hi = np.full_like(x_min, ALPHA_BOUNDS[0]), np.full_like(x_min, ALPHA_BOUNDS[1])
+    return _golden_max(loglik, np.full_like(x_min, ALPHA_BOUNDS[0]), np.full_like(x_min, ALPHA_BOUNDS[1]))
+
+
+def _mle_geometric(mean_excess: np.ndarray, span: np.ndarray) -> np.ndarray:
+    """Per candidate: the decay d maximising -d * mean(x - x_min) + log(1 - e^-d) - log(1 - e^(-d * span)), the
+    mean log-likelihood of the truncated geometric law (concave in d: an exponential family), golden section."""
+
+    def loglik(d: np.ndarray) -> np.ndarray:
+        out: np.ndarray = -d * mean_excess + np.log(-np.expm1(-d)) - np.log(-np.expm1(-d * span))
+        return out
+
+    return _golden_max(loglik, np.full_like(mean_excess, DECAY_BOUNDS[0]), np.full_like(mean_excess, DECAY_BOUNDS[1]))
+
+
+def _golden_max(f: Any, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Elementwise argmax of a concave `f` on [lo, hi] by golden-section search."""
     c, d = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-    fc, fd = loglik(c), loglik(d)
+    fc, fd = f(c), f(d)
     for _ in range(64):  # shrinks the bracket by 0.618^64 ~ 1e-13
         left = fc >= fd  # the maximum lies in [lo, d]
         hi = np.where(left, d, hi)
         lo = np.where(left, lo, c)
         new = np.where(left, hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo))
-        fnew = loglik(new)
+        fnew = f(new)
         c, d, fc, fd = (np.where(left, new, d), np.where(left, c, new),
                         np.where(left, fnew, fd), np.where(left, fc, fnew))  # fmt: skip
     return np.asarray((lo + hi) / 2)
 
 
 def _ks(alpha: float, uniq: np.ndarray, cnt: np.ndarray, x_max: int) -> float:
-    """Sup over integers x of |empirical CDF - model CDF| for the tail `uniq` (distinct values) with counts `cnt`."""
+    """KS distance of the power law with exponent `alpha` on [uniq[0], x_max] to the tail `uniq` with counts `cnt`."""
     z = power_sum(alpha, uniq[0], x_max)
-    model_at = 1.0 - power_sum(alpha, uniq + 1, x_max) / z  # P(X <= u)
-    model_before = 1.0 - power_sum(alpha, uniq, x_max) / z  # P(X <= u - 1)
+    return _ks_cdf(lambda u: 1.0 - power_sum(alpha, u + 1, x_max) / z, uniq, cnt)
+
+
+def _ks_cdf(model_cdf: Any, uniq: np.ndarray, cnt: np.ndarray) -> float:
+    """Sup over integers x of |empirical CDF - model CDF| for the tail `uniq` (distinct values) with counts `cnt`;
+    `model_cdf(u)` is P(X <= u) elementwise."""
+    model_at = model_cdf(uniq)  # P(X <= u)
+    model_before = model_cdf(uniq - 1)  # P(X <= u - 1)
     empirical = np.cumsum(cnt) / cnt.sum()
     empirical_before = np.concatenate(([0.0], empirical[:-1]))
     return float(max(np.abs(empirical - model_at).max(), np.abs(empirical_before - model_before).max()))
@@ -236,7 +303,11 @@ def _ks(alpha: float, uniq: np.ndarray, cnt: np.ndarray, x_max: int) -> float:
 
 def fit_clicklog(path: str) -> dict[str, Any]:
     """The JSON `etude fit` prints: both fits and the size of the log."""
-    log = read_clicklog(path)
+    return summary(read_clicklog(path))
+
+
+def summary(log: ClickLog) -> dict[str, Any]:
+    """Both power-law fits and the size of `log`."""
     lengths = log.session_lengths()
     clicks = log.item_clicks()
     return {

@@ -8,6 +8,8 @@ CDF of those C counts: item i is clicked with probability counts[i] / sum(counts
 Laws and supports
 - Exponent mode (`--alpha-length A --alpha-clicks B`, 0 < alpha <= 10): session lengths on [1, 200]
   (`SESSION_LENGTH_SUPPORT`), item click counts on [1, 100000] (`ITEM_CLICKS_SUPPORT`).
+- A fitted workload (`--workload FILE`, `loadgen.fitted`): `TabulatedLaw`s, drawn by quantiles in shuffled
+  passes and from an urn of item clicks (see `TabulatedLaw`, `ItemUrn`, `Shuffle`).
 - Presets reproduce the fits in docs/design.md ("Workload presets"), `scipy.stats.powerlaw(a, loc, scale)` with
   density proportional to (t - loc)^-(1 - a) on [loc, loc + scale]. A click count or session length is an
   integer, so the preset law is the integer part of a draw from that fit (`BinnedPowerLaw`): P(k) = F(k + 1) - F(k) with
@@ -27,7 +29,7 @@ with one random memory access into an O(C) array per click; nothing is O(N).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -43,8 +45,31 @@ MAX_SUPPORT_SIZE = 10_000_000
 BLOCK_SESSIONS = 1 << 14
 
 
+class DiscreteLaw:
+    """What every law on the integers [x_min, x_max] given by its CDF (`cdf()`) offers."""
+
+    x_min: int
+    x_max: int
+
+    def cdf(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def support(self) -> np.ndarray:
+        return np.arange(self.x_min, self.x_max + 1, dtype=np.int64)
+
+    def pmf(self) -> np.ndarray:
+        return np.diff(self.cdf(), prepend=0.0)
+
+    def mean(self) -> float:
+        return float(self.pmf() @ self.support())
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """`n` independent draws (int64) by inverse-transform sampling over the finite support."""
+        return self.x_min + np.searchsorted(self.cdf(), rng.random(n), side="right").astype(np.int64)
+
+
 @dataclass(frozen=True)
-class PowerLaw:
+class PowerLaw(DiscreteLaw):
     """Discrete truncated power law: p(x) proportional to x^-alpha on the integers [x_min, x_max]."""
 
     alpha: float
@@ -58,9 +83,6 @@ class PowerLaw:
             raise UsageError(f"power-law support [{self.x_min}, {self.x_max}] must satisfy 1 <= x_min <= x_max")
         if self.x_max - self.x_min + 1 > MAX_SUPPORT_SIZE:
             raise UsageError(f"power-law support [{self.x_min}, {self.x_max}] has more than {MAX_SUPPORT_SIZE} values")
-
-    def support(self) -> np.ndarray:
-        return np.arange(self.x_min, self.x_max + 1, dtype=np.int64)
 
     def weights(self) -> np.ndarray:
         """Unnormalised probabilities over `support()`."""
@@ -78,15 +100,13 @@ class PowerLaw:
         """P(X <= x) for x in `support()`."""
         return self._cdf
 
-    def pmf(self) -> np.ndarray:
-        return np.diff(self._cdf, prepend=0.0)
+    def sampler(self, rng: np.random.Generator) -> Callable[[int], np.ndarray]:
+        """A stream of independent draws: each call takes `n`."""
+        return lambda n: self.sample(rng, n)
 
-    def mean(self) -> float:
-        return float(self.pmf() @ self.support())
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """`n` independent draws (int64) by inverse-transform sampling over the finite support."""
-        return self.x_min + np.searchsorted(self._cdf, rng.random(n), side="right").astype(np.int64)
+    def popularity(self, catalog_size: int, rng: np.random.Generator) -> ItemPopularity:
+        """Algorithm 1's catalog: C independent click counts from this law, items drawn in proportion to them."""
+        return ItemPopularity(catalog_size, self, rng)
 
 
 @dataclass(frozen=True)
@@ -154,9 +174,12 @@ class ItemPopularity:
 
     def __init__(self, catalog_size: int, item_clicks: PowerLaw, rng: np.random.Generator) -> None:
         # Group sizes: how many of the C items got each count; the histogram of C independent draws.
-        per_value = rng.multinomial(catalog_size, item_clicks.pmf())
+        self._build(item_clicks.support(), rng.multinomial(catalog_size, item_clicks.pmf()), rng)
+
+    def _build(self, support: np.ndarray, per_value: np.ndarray, rng: np.random.Generator) -> None:
+        """Group the items by click count: `per_value[j]` items have `support[j]` clicks."""
         present = np.flatnonzero(per_value)
-        self.values = item_clicks.support()[present]  # [G] click count of each group, ascending
+        self.values = support[present]  # [G] click count of each group, ascending
         self.sizes = per_value[present]  # [G] items per group
         self.start = np.cumsum(self.sizes) - self.sizes  # [G] first position of each group in `order`
         mass = (self.values * self.sizes).astype(np.float64)  # exact below 2^53 clicks in total
@@ -165,6 +188,7 @@ class ItemPopularity:
         self.total = float(self.cum_mass[-1])
         self._top = np.nextafter(self.total, 0.0)
         # Which item holds which count: a uniformly random assignment.
+        catalog_size = int(self.sizes.sum())
         dtype = np.int32 if catalog_size < 2**31 else np.int64
         self.order = np.arange(catalog_size, dtype=dtype)
         rng.shuffle(self.order)
@@ -184,9 +208,15 @@ class ItemPopularity:
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """`n` item ids (int64), item i with probability counts[i] / sum(counts)."""
-        u = rng.random(n)
-        x = np.minimum(u * self.total, self._top)  # position on the cumulative count axis
-        g = self._guide[(u * self._m).astype(np.intp)]
+        return self._items_at(np.minimum(rng.random(n) * self.total, self._top))
+
+    def sampler(self, rng: np.random.Generator) -> Callable[[int], np.ndarray]:
+        """A stream of draws: each call takes `n` item ids (int64), independent draws as in `sample`."""
+        return lambda n: self.sample(rng, n)
+
+    def _items_at(self, x: np.ndarray) -> np.ndarray:
+        """The item at each position `x` in [0, total) of the cumulative count axis."""
+        g = self._guide[(x * (self._m / self.total)).astype(np.intp)]
         late = np.flatnonzero(self.cum_mass[g] <= x)
         while late.size:  # a few steps at most: the table has >= 2 buckets per group
             g[late] += 1
@@ -196,6 +226,129 @@ class ItemPopularity:
         return np.asarray(self.order[self.start[g] + within], dtype=np.int64)
 
 
+class ItemUrn(ItemPopularity):
+    """Items drawn without replacement from an urn that holds counts[i] clicks of item i, refilled when empty:
+    any E = sum(counts) consecutive draws from the start of an epoch hold item i exactly counts[i] times."""
+
+    def __init__(self, support: np.ndarray, per_value: np.ndarray, rng: np.random.Generator) -> None:
+        self._build(support, per_value, rng)
+        self.epoch = Shuffle(int((self.values.astype(object) * self.sizes.astype(object)).sum()))
+
+    def sampler(self, rng: np.random.Generator) -> Callable[[int], np.ndarray]:
+        """A fresh stream from the start of an epoch: each call takes the next `n` item ids (int64)."""
+        positions = self.epoch.stream(rng)
+        return lambda n: self._items_at(positions(n).astype(np.float64))
+
+
+class Shuffle:
+    """Shuffled passes over the positions [0, size): a keyed pseudo-random permutation per pass (epoch).
+
+    The permutation is a 4-round Feistel network on the next even number of bits (SplitMix64 as round
+    function), cycle-walking the values >= size; each epoch takes fresh keys from the stream's generator.
+    O(1) memory whatever the size, and each epoch visits every position exactly once.
+    """
+
+    ROUNDS = 4
+
+    def __init__(self, size: int) -> None:
+        if not 1 <= size < 2**53:
+            raise UsageError(f"an epoch of {size} draws is outside the supported [1, 2^53)")
+        self.size = size
+        half = max(1, math.ceil(math.log2(max(size, 2)) / 2))
+        self._half, self._mask = np.uint64(half), np.uint64((1 << half) - 1)
+
+    def stream(self, rng: np.random.Generator) -> Callable[[int], np.ndarray]:
+        """Each call returns the next `n` positions (uint64), epoch after epoch."""
+        drawn, keys = self.size, np.zeros(self.ROUNDS, dtype=np.uint64)
+
+        def take(n: int) -> np.ndarray:
+            nonlocal drawn, keys
+            parts = [np.empty(0, dtype=np.uint64)]
+            while n > 0:
+                if drawn == self.size:  # a new epoch, a new permutation
+                    keys, drawn = rng.integers(0, 2**63, self.ROUNDS, dtype=np.uint64), 0
+                count = min(n, self.size - drawn)
+                parts.append(self.permute(np.arange(drawn, drawn + count, dtype=np.uint64), keys))
+                drawn += count
+                n -= count
+            return np.concatenate(parts)
+
+        return take
+
+    def permute(self, k: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """The bijection of [0, size) keyed by `keys`, applied to `k` (uint64)."""
+        out = self._feistel(k, keys)
+        outside = np.flatnonzero(out >= self.size)
+        while outside.size:  # cycle walking: the network permutes [0, 2^bits), a superset of [0, size)
+            out[outside] = self._feistel(out[outside], keys)
+            outside = outside[out[outside] >= self.size]
+        return out
+
+    def _feistel(self, x: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        left, right = x >> self._half, x & self._mask
+        for key in keys:
+            left, right = right, left ^ (_splitmix64(right ^ key) & self._mask)
+        return (left << self._half) | right
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """The SplitMix64 finaliser (Steele, Lea and Flood 2014), a 64-bit mixing bijection, on uint64 arrays."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    out: np.ndarray = z ^ (z >> np.uint64(31))
+    return out
+
+
+class TabulatedLaw(DiscreteLaw):
+    """A discrete law given by its probabilities on 1, 2, ..., len(pmf): a fitted workload's marginal.
+
+    Both uses take the law's quantiles at n evenly spread points, Q((j + 1/2) / n) for j < n, Q the quantile
+    function, and draw them without replacement in shuffled passes (`Shuffle`), so every pass reproduces the
+    law as closely as n values can:
+    - session lengths (`sampler`): n = `epoch`, the fitted log's number of sessions; a synthetic log of the
+      fitted log's size holds (nearly) the same histogram of lengths;
+    - per-item click counts (`popularity`): n = C, the item of popularity rank r (0 = most clicked) gets
+      Q(1 - (r + 1/2) / C), so the share-of-clicks curve by item quantile is the law's at every C, and at C =
+      the fitted log's item count the numbers of items per count are the log's; clicks come from an `ItemUrn`.
+    """
+
+    def __init__(self, pmf: np.ndarray, epoch: int) -> None:
+        pmf = np.asarray(pmf, dtype=np.float64)
+        if pmf.ndim != 1 or pmf.size == 0 or not np.isfinite(pmf).all() or (pmf < 0).any() or pmf.sum() <= 0:
+            raise UsageError("a tabulated law needs finite, non-negative probabilities that are not all zero")
+        if pmf.size > MAX_SUPPORT_SIZE:
+            raise UsageError(f"a tabulated law has more than {MAX_SUPPORT_SIZE} values")
+        cdf = np.cumsum(pmf / pmf.sum())
+        cdf[-1] = 1.0
+        cdf.setflags(write=False)
+        self._cdf = cdf
+        self.x_min, self.x_max = 1, int(pmf.size)
+        if epoch < 1:
+            raise UsageError(f"a tabulated law's epoch must be >= 1, got {epoch}")
+        self.epoch = int(epoch)
+
+    def cdf(self) -> np.ndarray:
+        return self._cdf
+
+    def quantile_histogram(self, n: int) -> np.ndarray:
+        """How many of the n quantile points fall on each value of `support()`."""
+        at_or_below = np.minimum(np.floor(self._cdf * n + 0.5), n).astype(np.int64)
+        at_or_below[-1] = n
+        return np.diff(at_or_below, prepend=0)
+
+    def sampler(self, rng: np.random.Generator) -> Callable[[int], np.ndarray]:
+        """Session lengths: each call takes the next `n` (int64) of shuffled passes over `epoch` quantiles."""
+        ends = np.cumsum(self.quantile_histogram(self.epoch))  # the sorted quantiles: value v up to ends[v - 1]
+        positions = Shuffle(self.epoch).stream(rng)
+        return lambda n: 1 + np.searchsorted(ends, positions(n).astype(np.int64), side="right").astype(np.int64)
+
+    def popularity(self, catalog_size: int, rng: np.random.Generator) -> ItemUrn:
+        return ItemUrn(self.support(), self.quantile_histogram(catalog_size), rng)
+
+
+Law = PowerLaw | TabulatedLaw
+
+
 class SyntheticWorkload:
     """Algorithm 1: synthetic sessions for a catalog of `catalog_size` items; deterministic given `seed`.
 
@@ -203,7 +356,7 @@ class SyntheticWorkload:
     `etude generate` and the sessions the load generator sends agree for the same seed.
     """
 
-    def __init__(self, catalog_size: int, session_length: PowerLaw, item_clicks: PowerLaw, seed: int) -> None:
+    def __init__(self, catalog_size: int, session_length: Law, item_clicks: Law, seed: int) -> None:
         if isinstance(catalog_size, bool) or not isinstance(catalog_size, int | np.integer) or catalog_size < 1:
             raise UsageError(f"catalog size must be an integer >= 1, got {catalog_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
@@ -213,14 +366,15 @@ class SyntheticWorkload:
         self.item_clicks = item_clicks
         self.seed = int(seed)
         catalog_seed, self._lengths_seed, self._items_seed = np.random.SeedSequence(self.seed).spawn(3)
-        self.items = ItemPopularity(self.catalog_size, item_clicks, np.random.default_rng(catalog_seed))
+        self.items = item_clicks.popularity(self.catalog_size, np.random.default_rng(catalog_seed))
 
     def _blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Endless (session lengths [B], items [sum of lengths]) blocks of BLOCK_SESSIONS sessions."""
-        lengths_rng, items_rng = np.random.default_rng(self._lengths_seed), np.random.default_rng(self._items_seed)
+        draw_lengths = self.session_length.sampler(np.random.default_rng(self._lengths_seed))
+        draw_items = self.items.sampler(np.random.default_rng(self._items_seed))
         while True:
-            lengths = self.session_length.sample(lengths_rng, BLOCK_SESSIONS)
-            yield lengths, self.items.sample(items_rng, int(lengths.sum()))
+            lengths = draw_lengths(BLOCK_SESSIONS)
+            yield lengths, draw_items(int(lengths.sum()))
 
     def sessions(self) -> Iterator[np.ndarray]:
         """Endless lazy stream of sessions, each an int64 array of item ids in [0, C), oldest click first."""

@@ -1,6 +1,6 @@
 """Verbs of this package for the `etude` command line: `generate` (Algorithm 1 to a file) and `fit` (a real log).
 
-`add_workload_args` and `laws_from_args` give every verb that takes a synthetic workload the same flags.
+`add_workload_args`, `check_workload` and `laws_from_args` give every verb that takes a workload the same flags.
 """
 
 from __future__ import annotations
@@ -17,25 +17,27 @@ from typing import TYPE_CHECKING, Any
 from etude.errors import UsageError
 
 if TYPE_CHECKING:
-    from loadgen.workload import PowerLaw
+    from loadgen.workload import Law
 
 log = logging.getLogger(__name__)
 
 OUT_SUFFIXES = (".parquet", ".csv")
 PROGRESS_S = 5.0
 WORKLOAD_HELP = (
-    "Workload: --preset bolcom|rsc15 (the fits of the ETUDE paper's logs: the integer part of a draw from "
+    "Workload: --workload FILE (a click log's statistics, written by `etude fit CLICKLOG --out FILE`; local or "
+    "gs://), --preset bolcom|rsc15 (the fits of the ETUDE paper's logs: the integer part of a draw from "
     "scipy.stats.powerlaw(a, loc, scale); bolcom sessions a=0.07004 loc=2 scale=277, clicks a=0.04069 loc=1 "
     "scale=2335; rsc15 sessions a=0.10325 loc=1 scale=199, clicks a=0.07981 loc=1 scale=147418), or exponents "
     "--alpha-length A --alpha-clicks B, 0 < A, B <= 10, for p(x) proportional to x^-alpha with session lengths "
-    "on [1, 200] and per-item click counts on [1, 100000]. `etude fit CLICKLOG` estimates exponents from a log."
+    "on [1, 200] and per-item click counts on [1, 100000]."
 )
 
 
 def add_workload_args(parser: argparse.ArgumentParser, *, clicklog: bool = False) -> None:
-    """--preset | --alpha-length + --alpha-clicks (checked by `laws_from_args`), and with `clicklog` the
-    alternative of replaying a real log (--clicklog, exclusive with the others: `check_clicklog_alone`)."""
+    """--workload | --preset | --alpha-length + --alpha-clicks, and with `clicklog` the alternative of replaying
+    a real log (--clicklog); exactly one of them (`check_workload`)."""
     group = parser.add_argument_group("workload", WORKLOAD_HELP)
+    group.add_argument("--workload", metavar="FILE", help="a fitted workload model (etude fit CLICKLOG --out FILE)")
     group.add_argument("--preset", help="bolcom or rsc15")
     group.add_argument("--alpha-length", type=float, metavar="A", help="exponent of the session-length law")
     group.add_argument("--alpha-clicks", type=float, metavar="B", help="exponent of the per-item click-count law")
@@ -44,16 +46,32 @@ def add_workload_args(parser: argparse.ArgumentParser, *, clicklog: bool = False
                            "session_id, item_id; ids mapped onto [0, C)), starting over at its end")
 
 
-def check_clicklog_alone(args: argparse.Namespace) -> None:
-    """A click log replaces the synthetic workload: UsageError when both are given."""
-    if args.clicklog is not None and (args.preset, args.alpha_length, args.alpha_clicks) != (None, None, None):
-        raise UsageError("give either --clicklog or a synthetic workload (--preset / --alpha-*), not both")
+def check_workload(args: argparse.Namespace) -> None:
+    """Exactly one workload given, and a synthetic one valid (its file read); UsageError otherwise."""
+    given = [flag for flag, value in (("--workload", args.workload), ("--preset", args.preset),
+                                      ("--alpha-*", _either(args.alpha_length, args.alpha_clicks)),
+                                      ("--clicklog", getattr(args, "clicklog", None))) if value is not None]
+    if len(given) > 1:
+        raise UsageError(f"give one workload, not both {given[0]} and {given[1]}")
+    if not given:
+        choices = "--workload FILE, --preset bolcom|rsc15, --alpha-length with --alpha-clicks"
+        raise UsageError(f"give a workload: {choices}{', or --clicklog' if hasattr(args, 'clicklog') else ''}")
+    if given != ["--clicklog"]:
+        laws_from_args(args)
 
 
-def laws_from_args(args: argparse.Namespace) -> tuple[PowerLaw, PowerLaw]:
+def _either(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
+
+
+def laws_from_args(args: argparse.Namespace) -> tuple[Law, Law]:
     """(session length law, item clicks law) from the flags of `add_workload_args`; UsageError when invalid."""
     from loadgen.workload import workload_laws
 
+    if args.workload is not None:
+        from loadgen.fitted import read_workload
+
+        return read_workload(args.workload).laws()
     return workload_laws(args.preset, args.alpha_length, args.alpha_clicks)
 
 
@@ -77,21 +95,49 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     fit = sub.add_parser(
         "fit",
-        help="fit the workload's power laws to a real click log; prints JSON",
+        help="fit a workload model to a real click log; prints JSON",
         description="Fit discrete truncated power laws p(x) proportional to x^-alpha on [x_min, x_max] to the "
         "session lengths and per-item click counts of a click log (CSV or Parquet with columns session_id, "
         "item_id; local or gs://): maximum likelihood with x_min chosen by KS distance (Clauset, Shalizi and "
         "Newman 2009), x_max the observed maximum. Prints {session_length: {alpha, x_min, x_max, ks}, "
-        "item_clicks: {...}, sessions, clicks, items}.",
+        "item_clicks: {...}, sessions, clicks, items}. --out FILE writes the workload model (the log's "
+        "empirical body below x_min and the better-fitting tail above it, docs/design.md) for --workload; "
+        "--compare adds the log and a synthetic log of as many clicks from the model side by side to the JSON "
+        "and writes compare.json and ccdf.png (log-log CCDFs of both marginals) into --out-dir.",
     )
     fit.add_argument("clicklog", metavar="CLICKLOG", help="CSV (.csv, .csv.gz, .tsv) or Parquet (.parquet) file")
+    fit.add_argument("--out", metavar="FILE", help="write the workload model here (JSON; local or gs://)")
+    fit.add_argument("--compare", action="store_true", help="real vs synthetic from the model, side by side")
+    fit.add_argument("--out-dir", default=".", metavar="DIR", help="where --compare writes its files (default .)")
+    fit.add_argument("--seed", type=int, default=42, help="random seed of the synthetic log of --compare")
     fit.set_defaults(func=run_fit)
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from loadgen.fit import fit_clicklog
+    from etude import storage
+    from loadgen.fit import read_clicklog, summary
+    from loadgen.fitted import fit_workload, write_workload
 
-    print(json.dumps(fit_clicklog(args.clicklog), indent=2))
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    out_dir = Path(args.out_dir)
+    if args.compare and not out_dir.is_dir():
+        raise UsageError(f"--out-dir {out_dir}: no such folder")
+    log_ = read_clicklog(args.clicklog)
+    model = fit_workload(log_, args.clicklog)
+    result: dict[str, Any] = summary(log_)
+    if args.out is not None:
+        write_workload(model, args.out)
+    if args.compare:
+        from loadgen.compare import ccdf_plot, side_by_side, synthetic_marginals
+
+        real = (log_.session_lengths(), log_.item_clicks())
+        synthetic = synthetic_marginals(model.laws(), len(log_), model.items, args.seed)
+        result["compare"] = side_by_side(real, synthetic, model.items)
+        storage.write_bytes(str(out_dir / "compare.json"), (json.dumps(result["compare"], indent=2) + "\n").encode())
+        ccdf_plot(real, synthetic, f"{Path(args.clicklog).name}: real vs synthetic ({len(log_)} clicks)",
+                  out_dir / "ccdf.png")
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -110,6 +156,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.batch < 1:
         raise UsageError(f"--batch must be >= 1, got {args.batch}")
+    check_workload(args)
     session_length, item_clicks = laws_from_args(args)
     path = Path(out)
     if path.is_dir():

@@ -87,6 +87,35 @@ def test_clicklog_workload_and_gcs_output(tmp_path: Path, gcs_bucket: str) -> No
     assert requests.column("item_id").to_pylist() and max(requests.column("item_id").to_pylist()) < 500
 
 
+def test_fitted_workload_from_gcs(tmp_path: Path, gcs_bucket: str) -> None:
+    import numpy as np
+
+    from loadgen.fit import ClickLog
+    from loadgen.fitted import fit_workload
+
+    rng = np.random.default_rng(3)
+    lengths = rng.geometric(0.3, 300)
+    log = ClickLog(np.repeat(np.arange(300), lengths), rng.zipf(1.7, int(lengths.sum())), None)
+    uri = f"gs://{gcs_bucket}/workloads/w.json"
+    storage.write_bytes(uri, fit_workload(log).model_dump_json().encode())
+    out = tmp_path / "run"
+    with ServerThread(Behaviour("ok", record=True)) as url:
+        assert main(contract_argv(url, str(out), rps=12, ramp=1, hold=0, workload={"fitted": uri})) == 0
+    summary, requests, _ = results.read(str(out))
+    assert summary.ok == 12 and summary.spec.workload == {"fitted": uri}
+    assert max(requests.column("item_id").to_pylist()) < 500
+
+
+def test_a_workload_file_of_another_version_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "w.json"
+    path.write_text('{"version": 2, "sessions": 3}')
+    out = tmp_path / "out"
+    assert main(contract_argv("http://127.0.0.1:1", str(out), workload={"fitted": str(path)})) == 2
+    err = capsys.readouterr().err.strip()
+    assert "workload model version 2" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -105,6 +134,7 @@ def test_clicklog_workload_and_gcs_output(tmp_path: Path, gcs_bucket: str) -> No
         ({"--preset": "nope"}, "unknown preset"),
         ({"--clicklog": "clicks.csv"}, "not both"),
         ({"--alpha-clicks": "1.5"}, "not both"),
+        ({"--workload": "w.json"}, "not both --workload and --preset"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(

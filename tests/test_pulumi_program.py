@@ -4,6 +4,8 @@ the ML stack. Each stack runs once in its own interpreter (infra.mockrun), share
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ from components.experiment import peak_gpus
 from components.manifests import JOB_MARGIN_S, PATCH_FORCE, RUN_ID_ANNOTATION
 from components.results import METRIC_KEYS, metrics_from_summary
 from etude.commands import results_uri
-from etude.spec import PROJECT_DIR, available_stacks, load_stack
+from etude.spec import PROJECT_DIR, available_stacks, load_stack, stack_file
 from infra import mockrun
 from infra.config import read_config
 from infra.kubeconfig import gke_kubeconfig
@@ -27,12 +29,27 @@ RUN_2 = {"etude:runId": "2"}
 SEQUENTIAL_RUN_2 = {**SEQUENTIAL, **RUN_2}
 PREBUILT = {"etude:image": {"cpu": "ghcr.io/me/etude:cpu-1", "cuda": "ghcr.io/me/etude:cuda-1"}}
 UNPROTECTED = {"etude:platform": {"deletionProtection": False, "resultsRetentionDays": 0}}
+WORKLOAD_FILE = Path(tempfile.mkdtemp(prefix="etude-workload-")) / "fitted.json"  # written by _start_all_runs
+
+
+def with_workload(workload: dict[str, str], stack: str = "groceries-small") -> dict[str, Any]:
+    scenario = yaml.safe_load(stack_file(stack).read_text())["config"]["etude:scenario"]
+    return {"etude:scenario": {**scenario, "workload": workload}}
+
+
+LOCAL_FITTED = with_workload({"fitted": str(WORKLOAD_FILE)})
+LOCAL_CLICKLOG = with_workload({"clicklog": str(WORKLOAD_FILE.with_name("clicks.csv"))})
+GCS_FITTED = with_workload({"fitted": "gs://team-bucket/workloads/rsc15.json"})
 HEAVY = ("torch", "numpy", "serving", "loadgen", "models", "scipy", "pandas", "matplotlib", "pyarrow")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _start_all_runs() -> None:
     """Start every run this module needs at once: they run in parallel in their own interpreters."""
+    WORKLOAD_FILE.write_text('{"version": 1}\n')
+    WORKLOAD_FILE.with_name("clicks.csv").write_text("session_id,item_id\n1,1\n")
+    for workload in (LOCAL_FITTED, LOCAL_CLICKLOG, GCS_FITTED):
+        mockrun.start("groceries-small", workload)
     for stack in ALL_STACKS:
         mockrun.start(stack)
     for overrides in (OWN_PLATFORM, SEQUENTIAL, RUN_2, PREBUILT, SEQUENTIAL_RUN_2):
@@ -260,6 +277,40 @@ def test_prebuilt_images_from_config_are_used_as_is_and_nothing_is_built() -> No
         assert image == PREBUILT["etude:image"]["cuda" if gpu else "cpu"]
     for job in by_type(run, "kubernetes:batch/v1:Job"):
         assert job["inputs"]["spec"]["template"]["spec"]["containers"][0]["image"] == PREBUILT["etude:image"]["cpu"]
+
+
+@pytest.mark.parametrize("overrides", [LOCAL_FITTED, LOCAL_CLICKLOG], ids=["fitted", "clicklog"])
+def test_a_local_workload_file_is_uploaded_and_the_jobs_read_it_from_the_bucket(overrides: dict[str, Any]) -> None:
+    import hashlib
+
+    run = mockrun.result("groceries-small", overrides)
+    assert run["error"] is None
+    (obj,) = by_type(run, "gcp:storage/bucketObject:BucketObject")
+    path = Path(next(iter(overrides["etude:scenario"]["workload"].values())))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert obj["inputs"]["bucket"] == mockrun.MOCK_PLATFORM["bucket"]
+    assert obj["inputs"]["name"] == f"workloads/{digest[:16]}-{path.name}"
+    flag = "--workload" if "fitted" in overrides["etude:scenario"]["workload"] else "--clicklog"
+    jobs = by_type(run, "kubernetes:batch/v1:Job")
+    assert jobs
+    for job in jobs:
+        argv = job["inputs"]["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert argv[argv.index(flag) + 1] == f"gs://{mockrun.MOCK_PLATFORM['bucket']}/{obj['inputs']['name']}"
+        assert obj["urn"] in job["dependencies"]  # uploaded before the Job starts
+
+
+def test_a_gcs_workload_is_passed_as_is_and_nothing_is_uploaded() -> None:
+    run = mockrun.result("groceries-small", GCS_FITTED)
+    assert run["error"] is None
+    assert not by_type(run, "gcp:storage/bucketObject:BucketObject")
+    for job in by_type(run, "kubernetes:batch/v1:Job"):
+        argv = job["inputs"]["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert argv[argv.index("--workload") + 1] == "gs://team-bucket/workloads/rsc15.json"
+
+
+def test_a_missing_local_workload_file_fails_with_its_name() -> None:
+    run = mockrun.result("groceries-small", with_workload({"fitted": "no/such/workload.json"}))
+    assert run["error"] is not None and "no/such/workload.json" in run["error"] and "no such file" in run["error"]
 
 
 # ---- the platform stack (dev) ------------------------------------------------------------------------------------

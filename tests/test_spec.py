@@ -70,6 +70,8 @@ def test_minimal_config_gets_the_papers_defaults() -> None:
         (_config(targetRps="fast"), ["etude:scenario.targetRps", "'fast'", "integer"]),
         (_config(workload={"preset": "amazon"}), ["etude:scenario.workload.preset", "'amazon'", "'bolcom' or 'rsc15'"]),
         (_config(workload={"preset": "bolcom", "clicklog": "x.csv"}), ["etude:scenario.workload", "exactly one of"]),
+        (_config(workload={"fitted": "w.json", "clicklog": "x.csv"}), ["etude:scenario.workload", "exactly one of"]),
+        (_config(workload={"fitted": ""}), ["etude:scenario.workload.fitted", "at least 1 character"]),
         (_config(workload={"alphaLength": 1.5}), ["alphaLength and alphaClicks go together"]),
         (_config(workload={"alphaLength": -1, "alphaClicks": 1}), ["alphaLength", "-1", "greater than 0"]),
         (_config(slo={"percentile": 100}), ["etude:scenario.slo.percentile", "100", "less than 100"]),
@@ -98,6 +100,35 @@ def test_bad_config_names_key_value_and_what_is_allowed(config: dict[str, object
         spec_from_config("bad", config)
     for fragment in expected:
         assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("workload", "flags"),
+    [
+        ({"fitted": "workloads/rsc15.json"}, ["--workload", "workloads/rsc15.json"]),
+        ({"fitted": "gs://team/w.json"}, ["--workload", "gs://team/w.json"]),
+        ({"clicklog": "clicks.csv"}, ["--clicklog", "clicks.csv"]),
+        ({"preset": "rsc15"}, ["--preset", "rsc15"]),
+    ],
+)
+def test_a_workload_becomes_the_load_generators_flags(workload: dict[str, str], flags: list[str]) -> None:
+    exp = spec_from_config("w", _config(workload=workload))
+    argv = commands.loadgen_command(exp, exp.variants[0], url="http://x:8080", out="/tmp/o")
+    assert argv[argv.index(flags[0]) : argv.index(flags[0]) + 2] == flags
+    in_bucket = commands.loadgen_command(exp, exp.variants[0], url="http://x:8080", out="/tmp/o",
+                                         workload_uri="gs://b/workloads/0123-w.json")  # fmt: skip
+    file = exp.scenario.workload.file
+    expected = [flags[0], "gs://b/workloads/0123-w.json"] if file else flags
+    assert in_bucket[in_bucket.index(flags[0]) : in_bucket.index(flags[0]) + 2] == expected
+
+
+def test_a_relative_workload_file_is_taken_from_the_project_folder(tmp_path: Path) -> None:
+    from etude.spec import PROJECT_DIR, Workload
+
+    assert Workload(fitted="w/rsc15.json").local_file() == PROJECT_DIR / "w" / "rsc15.json"
+    assert Workload(clicklog="c.csv").local_file(tmp_path) == tmp_path / "c.csv"
+    assert Workload(fitted=str(tmp_path / "a.json")).local_file() == tmp_path / "a.json"
+    assert Workload(fitted="gs://b/w.json").local_file() is None and Workload(preset="bolcom").local_file() is None
 
 
 def test_user_model_variant(tmp_path: Path) -> None:

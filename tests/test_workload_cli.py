@@ -162,7 +162,7 @@ BAD_LOGS = [
     ("log.parquet", "PAR1 but not really", "cannot read click log"),
     ("log.csv.gz", "not gzip", "cannot read click log"),
     ("log.txt", "session_id,item_id\n1,2\n", "unknown click log format"),
-    ("log.csv", "session_id,item_id\n1,2\n1,3\n", "cannot fit session lengths: all 1 values are 2"),
+    ("log.csv", "session_id,item_id\n1,2\n1,3\n", "one session only; a workload model needs at least 2 sessions"),
 ]
 
 
