@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from etude.local import memory_needed_bytes  # noqa: E402
+from etude.local import ITEM_TABLES, memory_needed_bytes  # noqa: E402
 from models.common import embedding_dim  # noqa: E402
 
 log = logging.getLogger("memory")
@@ -126,7 +126,7 @@ def wait_for_memory(needed: int, wait_s: float) -> None:
 
 def measure(model: str, catalog_size: int, runtime: str, work: Path, wait_s: float) -> Cell:
     d = embedding_dim(catalog_size)
-    estimate = memory_needed_bytes(catalog_size, d)
+    estimate = memory_needed_bytes(catalog_size, d, ITEM_TABLES.get(model, 1))
     wait_for_memory(estimate, wait_s)
     path = work / f"{model}-c{catalog_size}-{runtime}.pt"
     try:
