@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 log = logging.getLogger("models_batched")
 K = 21
+Row = dict[str, float | int | str]
 
 
 def sgemm_gflops(size: int = 4096, repeats: int = 5) -> float:
@@ -65,7 +66,7 @@ def machine_rates(catalog_size: int) -> dict[str, float]:
 
 def measure_model(
     name: str, catalog_size: int, runtimes: list[str], batches: list[int], repeats: int, threads: int, seed: int
-) -> list[dict[str, object]]:
+) -> list[Row]:
     """Per runtime and batch size: ms per batch (median, min) over `repeats` batches after the warm-up batches."""
     import torch
 
@@ -77,7 +78,7 @@ def measure_model(
     torch.set_num_threads(threads)
     needed = sum(b * (repeats + WARMUP_PASSES) for b in batches)
     sessions = [Query(s.tolist(), K) for s in synthetic_sessions(catalog_size, needed, seed)]
-    out: list[dict[str, object]] = []
+    out: list[Row] = []
     for runtime in runtimes:
         module = to_torchscript(build_model(name, catalog_size, seed), runtime)
         predictor = Predictor(module)
@@ -127,10 +128,10 @@ def main() -> int:
         "argv": sys.argv,
         "threads": args.threads,
         "load_avg_at_start": os.getloadavg(),
-        "rates_at_start": machine_rates(max(sizes)),
+        "rates_at_start": (start_rates := machine_rates(max(sizes))),
     }
     log.info("rates at start: %s", report["rates_at_start"])
-    cells: list[dict[str, object]] = []
+    cells: list[Row] = []
     for c in sizes:
         for name in args.models.split(","):
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -138,10 +139,9 @@ def main() -> int:
                                      args.threads, args.seed).result()  # fmt: skip
     report["rates_at_end"] = machine_rates(max(sizes))
     report["load_avg_at_end"] = os.getloadavg()
-    rates = report["rates_at_start"]
-    assert isinstance(rates, dict)
+    rates = start_rates
     for cell in cells:
-        c, b = int(cell["catalog_size"]), int(cell["batch"])  # type: ignore[call-overload]
+        c, b = int(cell["catalog_size"]), int(cell["batch"])
         d = embedding_dim(c)
         if b == 1:
             bound_ms = c * d * 4 / rates["read_bandwidth_gbs"] / 1e6
@@ -150,13 +150,13 @@ def main() -> int:
             bound_ms = 2 * b * c * d / rates["sgemm_gflops"] / 1e6
             cell["bound"] = "compute"
         cell["bound_ms"] = round(bound_ms, 3)
-        cell["ratio_to_bound"] = round(float(cell["median_ms"]) / bound_ms, 2)  # type: ignore[arg-type]
+        cell["ratio_to_bound"] = round(float(cell["median_ms"]) / bound_ms, 2)
     report["cells"] = cells
     tmp = args.out / "models_batched.json.tmp"
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     tmp.replace(args.out / "models_batched.json")
     for cell in cells:
-        print(f"| {cell['model']} | {cell['runtime']} | {int(cell['catalog_size']):,} | {cell['batch']} | "  # type: ignore[call-overload]
+        print(f"| {cell['model']} | {cell['runtime']} | {int(cell['catalog_size']):,} | {cell['batch']} | "
               f"{cell['median_ms']} | {cell['per_session_ms']} | {cell['bound']} {cell['bound_ms']} | "
               f"{cell['ratio_to_bound']}x |")  # fmt: skip
     return 0

@@ -56,13 +56,14 @@ def main() -> int:
     p.add_argument("--slo-ms", type=float, default=50.0)
     p.add_argument("--serve-args", default="--threads 1", help="extra `etude serve` options")
     p.add_argument("--models", type=Path, help="where the model is exported (default: OUT/models)")
+    p.add_argument("--model-uri", type=Path, help="serve this exported file instead of exporting --model")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     args.models = args.models or args.out / "models"
     args.models.mkdir(parents=True, exist_ok=True)
-    model = export(args.model, args.catalog_size, args.models)
+    model = args.model_uri or export(args.model, args.catalog_size, args.models)
     serve = ["taskset", "-c", SERVER_CORE, *ETUDE, "--log-level", "WARNING", "serve", "--model-uri", str(model),
              "--host", "127.0.0.1", "--port", str(PORT), *args.serve_args.split()]  # fmt: skip
     report: dict[str, object] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "argv": sys.argv,
