@@ -103,6 +103,29 @@ def measure_model(
     return out
 
 
+def add_bounds(cells: list[Row], rates: dict[str, float]) -> None:
+    """Each cell's bound (bandwidth for B = 1, compute otherwise) and its ratio to it."""
+    from models.common import embedding_dim
+
+    for cell in cells:
+        c, b = int(cell["catalog_size"]), int(cell["batch"])
+        d = embedding_dim(c)
+        if b == 1:
+            bound_ms = c * d * 4 / rates["read_bandwidth_gbs"] / 1e6
+            cell["bound"] = "bandwidth"
+        else:
+            bound_ms = 2 * b * c * d / rates["sgemm_gflops"] / 1e6
+            cell["bound"] = "compute"
+        cell["bound_ms"] = round(bound_ms, 3)
+        cell["ratio_to_bound"] = round(float(cell["median_ms"]) / bound_ms, 2)
+
+
+def write_report(out: Path, report: dict[str, object]) -> None:
+    tmp = out / "models_batched.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(out / "models_batched.json")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="gru4rec,sasrec,repeatnet")
@@ -116,8 +139,6 @@ def main() -> int:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
-
-    from models.common import embedding_dim
 
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -137,24 +158,11 @@ def main() -> int:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 cells += pool.submit(measure_model, name, c, args.runtimes.split(","), batches, args.repeats,
                                      args.threads, args.seed).result()  # fmt: skip
+            add_bounds(cells, start_rates)
+            write_report(args.out, report | {"cells": cells, "load_avg_now": os.getloadavg()})
     report["rates_at_end"] = machine_rates(max(sizes))
     report["load_avg_at_end"] = os.getloadavg()
-    rates = start_rates
-    for cell in cells:
-        c, b = int(cell["catalog_size"]), int(cell["batch"])
-        d = embedding_dim(c)
-        if b == 1:
-            bound_ms = c * d * 4 / rates["read_bandwidth_gbs"] / 1e6
-            cell["bound"] = "bandwidth"
-        else:
-            bound_ms = 2 * b * c * d / rates["sgemm_gflops"] / 1e6
-            cell["bound"] = "compute"
-        cell["bound_ms"] = round(bound_ms, 3)
-        cell["ratio_to_bound"] = round(float(cell["median_ms"]) / bound_ms, 2)
-    report["cells"] = cells
-    tmp = args.out / "models_batched.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(args.out / "models_batched.json")
+    write_report(args.out, report | {"cells": cells})
     for cell in cells:
         print(f"| {cell['model']} | {cell['runtime']} | {int(cell['catalog_size']):,} | {cell['batch']} | "
               f"{cell['median_ms']} | {cell['per_session_ms']} | {cell['bound']} {cell['bound_ms']} | "
