@@ -98,9 +98,10 @@ def block_rows_for(batch: int, num_rows: int, on_gpu: bool = False) -> int:
 def _block_scores(q: Tensor, block: Tensor) -> Tensor:
     """Scores of the rows of block [n, d] for the batch q [B, d], item-major: [n, B].
 
-    [n, d] x [d, B] runs at ~1.5x the rate of [B, d] x [d, n] on a CPU for B in the tens (docs/benchmarks.md).
-    A small batch's product runs on one thread; as 16 batched products it uses them all (which operand order is
-    faster for one session depends on d). Every branch returns a contiguous [n, B] tensor.
+    Item-major because MKL ran [n, d] x [d, B] faster than [B, d] x [d, n] for batches of 32 to 256 when this was
+    written (`benchmarks/models_head.py --layouts` compares the two). A small batch's product runs on one thread;
+    as 16 batched products it uses them all (which operand order is faster for one session depends on d). Every
+    branch returns a contiguous [n, B] tensor.
     """
     B = q.size(0)
     n = block.size(0)
