@@ -43,10 +43,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_OUT = "results/local"
-# Measured here (gru4rec and sasrec, C = 2,000,000, d = 38: 304 MB of embeddings): export and server each peak at
-# ~1.44 GB RSS, ~240 MB of which is an idle torch process. Base + 4 x the embeddings covers that with room to spare.
+# Measured (benchmarks/memory.py, docs/benchmarks.md "Memory"): export and server each peak at an idle torch process
+# (~300 MB) + 1.0 to 1.05 x the model's bytes (no copies while (de)serialising), e.g. RepeatNet at C = 10,000,000:
+# 7.2 GB for 6.84 GB of weights. Base + 1.25 x the item tables covers that, with the load generator beside the server.
 BASE_MEMORY_BYTES = 1 << 30  # interpreter, torch and the load generator, whatever the model
-MODEL_MEMORY_FACTOR = 4  # x the item embeddings (C x d float32): export and load peaks (copies while (de)serialising)
+MODEL_MEMORY_FACTOR = 1.25  # x the model's item tables (C x d float32 each): export and serve peaks
+# Built-in models with more than one item table: RepeatNet's explore decoder scores with its own [C, 2d] matrix.
+ITEM_TABLES = {"repeatnet": 3}
 EXPORT_TIMEOUT_S = 1800.0
 SERVER_STOP_GRACE_S = 10.0
 LOADGEN_STOP_GRACE_S = 20.0  # it waits for answers in flight, then writes its results
@@ -113,9 +116,14 @@ def select(exp: Experiment, only: str | None) -> list[Variant]:
     return [v for v in exp.variants if v.model_label.lower() in names or v.key.lower() in names]
 
 
-def memory_needed_bytes(catalog_size: int, embedding_dim: int) -> int:
-    """A conservative estimate of the peak memory to export and serve a model over `catalog_size` items."""
-    return BASE_MEMORY_BYTES + MODEL_MEMORY_FACTOR * catalog_size * embedding_dim * 4
+def memory_needed_bytes(catalog_size: int, embedding_dim: int, tables: int = 1) -> int:
+    """A conservative estimate of the peak memory to export and serve a model with `tables` C x d item tables."""
+    return BASE_MEMORY_BYTES + int(MODEL_MEMORY_FACTOR * tables * catalog_size * embedding_dim * 4)
+
+
+def item_tables(variants: Sequence[Variant]) -> int:
+    """The most C x d item tables of any variant's model (a user's model is taken to have one)."""
+    return max((ITEM_TABLES.get(v.model or "", 1) for v in variants), default=1)
 
 
 def memory_available_bytes() -> int:
@@ -134,14 +142,16 @@ def _gib(n: float) -> str:
     return f"{n / (1 << 30):.1f} GiB"
 
 
-def check_memory(exp: Experiment, available: int | None = None) -> None:
+def check_memory(exp: Experiment, available: int | None = None, variants: Sequence[Variant] | None = None) -> None:
+    """UsageError when the variants to run (default: all of the stack's) need more memory than is available."""
     sc = exp.scenario
-    needed = memory_needed_bytes(sc.catalog_size, sc.embedding_dim)
+    tables = item_tables(exp.variants if variants is None else variants)
+    needed = memory_needed_bytes(sc.catalog_size, sc.embedding_dim, tables)
     available = memory_available_bytes() if available is None else available
     if needed > available:
         raise UsageError(
             f"stack {exp.stack}: a catalog of {sc.catalog_size:,} items (d = {sc.embedding_dim}) needs about "
-            f"{_gib(needed)} of memory to export and serve ({MODEL_MEMORY_FACTOR} x C x d x 4 bytes + "
+            f"{_gib(needed)} of memory to export and serve ({MODEL_MEMORY_FACTOR:g} x {tables} x C x d x 4 bytes + "
             f"{_gib(BASE_MEMORY_BYTES)}); this machine has {_gib(available)} available. "
             "Run it on GKE (pulumi up) or on a larger machine.")
 
@@ -157,7 +167,8 @@ def gpu_skip_reasons(exp: Experiment, variants: Sequence[Variant]) -> dict[str, 
         why = f"needs a GPU ({gpu[0].instance.accelerator or 'cuda'}); torch.cuda.is_available() is False here"
         return {v.key: why for v in gpu}
     free_b, total_b = torch.cuda.mem_get_info()
-    needed = memory_needed_bytes(exp.scenario.catalog_size, exp.scenario.embedding_dim) - BASE_MEMORY_BYTES
+    needed = memory_needed_bytes(exp.scenario.catalog_size, exp.scenario.embedding_dim, item_tables(gpu))
+    needed -= BASE_MEMORY_BYTES
     if needed > free_b:
         why = f"needs about {_gib(needed)} of GPU memory; {torch.cuda.get_device_name()} has {_gib(free_b)} free"
         return {v.key: why for v in gpu}
@@ -175,7 +186,7 @@ def _main(args: argparse.Namespace) -> int:
         raise UsageError(f"--port {args.port}: give a TCP port, 1 to 65535")
     exp = load_stack(args.stack)
     variants = select(exp, args.only)
-    check_memory(exp)
+    check_memory(exp, variants=variants)
     skips = gpu_skip_reasons(exp, variants)
     runner = LocalRun(exp, out=args.out, models_dir=args.models_dir or default_models_dir(), port=args.port,
                       ramp_seconds=args.ramp_seconds, hold_seconds=args.hold_seconds,

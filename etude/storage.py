@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any, cast
@@ -71,25 +73,66 @@ def read_bytes(uri: str, *, project: str | None = None) -> bytes:
 
 def write_bytes(uri: str, data: bytes) -> None:
     """Write `data` to `uri` whole or not at all."""
+
+    def fill(path: Path) -> None:
+        with path.open("wb") as f:
+            f.write(data)
+
+    write_file(uri, fill)
+
+
+def write_file(uri: str, fill: Callable[[Path], None]) -> int:
+    """Write `uri` whole or not at all from `fill(path)`, which writes a local temporary file; returns its size.
+
+    For files too big to hold twice in memory (a model): `fill` streams to disk, and a gs:// object is uploaded
+    from that file. Any failure, `fill`'s included, leaves nothing behind and raises StorageError.
+    """
     try:
         if is_gcs(uri):
-            _blob(uri).upload_from_string(data)
-            return
+            blob = _blob(uri)
+            with tempfile.TemporaryDirectory(prefix="etude-upload-") as tmp_dir:
+                tmp = Path(tmp_dir, "object")
+                fill(tmp)
+                blob.upload_from_filename(str(tmp))
+                return tmp.stat().st_size
         path = Path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = Path(name)
         try:
             os.fchmod(fd, 0o644)  # mkstemp makes 0600; results and models are meant to be read by others
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            os.close(fd)
+            fill(tmp)
+            size = tmp.stat().st_size
             os.replace(tmp, path)
+            return size
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
     except StorageError:
         raise
     except Exception as err:  # noqa: BLE001
         raise StorageError(f"cannot write {uri}: {_reason(err)}") from err
+
+
+@contextmanager
+def local_file(uri: str) -> Iterator[Path]:
+    """A local path holding `uri`'s content while the block runs: the file itself, or a temporary download."""
+    if not is_gcs(uri):
+        path = Path(uri)
+        if not path.is_file():
+            raise StorageError(f"cannot read {uri}: " + ("is a directory" if path.is_dir() else "no such file"))
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="etude-download-") as tmp_dir:
+        tmp = Path(tmp_dir, "object")
+        try:
+            _blob(uri).download_to_filename(str(tmp))
+        except StorageError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise StorageError(f"cannot read {uri}: {_reason(err)}") from err
+        yield tmp
 
 
 def delete(uri: str) -> None:

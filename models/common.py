@@ -5,12 +5,14 @@ Ids: the serialized-model contract speaks catalog ids in [0, C). Inside the mode
 its id + 1 and row 0 is the padding row (all zeros), as in RecBole. `prepare_session` does that shift.
 
 The top-k head (`top_k_items`) is where inference time goes: scoring all C items costs O(C d). It walks the
-item table in blocks of rows, scores one block for the whole batch with one matrix product, keeps the block's
-top-k and merges it into a running top-k. It never materialises B x C floats, reads the item table once per
-batch (so a batch amortises the scan), and the matrix products run on torch's intra-op threads
-(`torch.set_num_threads`). For a small batch, a block is scored as 16 batched products and its top-k runs
-over 16 sub-rows, so that even a batch of one uses every thread (a plain [1, d] x [d, n] product runs on one).
-docs/benchmarks.md has the measurements behind these choices and behind keeping the table in fp32.
+item table in blocks of rows, scores one block for the whole batch with one matrix product ([n, d] x [d, B]),
+and merges the block into a running top-k per session. It never materialises B x C floats and reads the item
+table once per batch, so a batch amortises the scan. A top-k over each B x n block would cost more than the
+product itself, so after the first block only the items above a session's running k-th best score are merged,
+found through the maxima of groups of 16 items (exact: no item below the threshold can enter the top-k). The
+products run on torch's intra-op threads (`torch.set_num_threads`); a small batch's product is split into 16
+batched products so that even one session uses every thread. docs/benchmarks.md has the measurements behind
+these choices and behind keeping the table in fp32.
 """
 
 import math
@@ -21,8 +23,8 @@ from torch import Tensor, nn
 from etude.spec import embedding_dim as embedding_dim  # the paper's d = ceil(C ** 0.25), defined once there
 
 MAX_SESSION_LENGTH = 50
-# The head's block on a CPU: B * rows ~ 2^20 scores (4 MiB), rows within [4096, 2^18]; a block's top-k of a small
-# batch runs over 16 sub-rows. (Literals inside the functions: TorchScript cannot read module globals.)
+# The head's block on a CPU: B * rows ~ 2^20 scores (4 MiB), rows within [4096, 2^18]; the threshold filter looks at
+# groups of 16 items. (Literals inside the functions: TorchScript cannot read module globals.)
 
 
 def heads_for(dim: int, wanted: int = 2) -> int:
@@ -77,32 +79,72 @@ def gather_last(output: Tensor, lens: Tensor) -> Tensor:
 
 
 def block_rows_for(batch: int, num_rows: int, on_gpu: bool = False) -> int:
-    """Rows per block: ~2^20 scores per block on a CPU (cache-sized), ~2^26 on a GPU (few kernel launches)."""
+    """Rows per block: ~2^20 scores per block on a CPU (cache-sized), ~2^26 on a GPU (few kernel launches).
+
+    A multiple of 16 unless one block holds every row (the small-batch products and the group filter need it).
+    """
     if on_gpu:
-        return min(num_rows, max(4096, (1 << 26) // max(batch, 1)))
-    rows = max(4096, min(1 << 18, (1 << 20) // max(batch, 1)))
-    return min(rows, num_rows)
+        rows = max(4096, (1 << 26) // max(batch, 1))
+    else:
+        rows = max(4096, min(1 << 18, (1 << 20) // max(batch, 1)))
+    if rows >= num_rows:
+        return num_rows
+    return rows // 16 * 16
 
 
-def _block_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k of each row of scores [B, n], split into sub-rows first so that one row still uses all threads."""
-    B = scores.size(0)
-    n = scores.size(1)
-    split = 16
-    part = n // split
-    if B >= 8 or part < 4 * k or scores.is_cuda:
-        return torch.topk(scores, min(k, n), dim=1)
-    head = scores[:, : part * split].reshape(B * split, part)
-    v, i = torch.topk(head, k, dim=1)  # [B*S, k]
-    i = i + (torch.arange(split, device=scores.device) * part).repeat(B).unsqueeze(1)
-    v = v.reshape(B, split * k)
-    i = i.reshape(B, split * k)
-    if part * split < n:
-        tv, ti = torch.topk(scores[:, part * split :], min(k, n - part * split), dim=1)
-        v = torch.cat([v, tv], 1)
-        i = torch.cat([i, ti + part * split], 1)
-    v2, j = torch.topk(v, k, dim=1)
-    return v2, i.gather(1, j)
+def _block_scores(q: Tensor, block: Tensor) -> Tensor:
+    """Scores of the rows of block [n, d] for the batch q [B, d], item-major: [n, B].
+
+    Item-major because MKL ran [n, d] x [d, B] faster than [B, d] x [d, n] for batches of 32 to 256 when this was
+    written (`benchmarks/models_head.py --layouts` compares the two). A small batch's product runs on one thread;
+    as 16 batched products it uses them all (which operand order is faster for one session depends on d). Every
+    branch returns a contiguous [n, B] tensor.
+    """
+    B = q.size(0)
+    n = block.size(0)
+    d = block.size(1)
+    if B < 8 and n % 16 == 0 and not q.is_cuda:
+        parts = block.view(16, n // 16, d)  # [16, n/16, d]
+        if B == 1 and d < 48:
+            return torch.bmm(q.unsqueeze(0).expand(16, 1, d), parts.transpose(1, 2)).view(n, 1)
+        return torch.bmm(parts, q.t().unsqueeze(0).expand(16, d, B)).view(n, B)
+    return torch.mm(block, q.t())
+
+
+def _merge(best_v: Tensor, best_i: Tensor, v: Tensor, i: Tensor) -> tuple[Tensor, Tensor]:
+    """The running top-k [B, k] merged with candidates v, i [B, m]."""
+    cand_v = torch.cat([best_v, v], 1)
+    cand_i = torch.cat([best_i, i], 1)
+    best_v, j = torch.topk(cand_v, best_v.size(1), dim=1)
+    return best_v, cand_i.gather(1, j)
+
+
+def _merge_above(scores: Tensor, start: int, best_v: Tensor, best_i: Tensor, group: int) -> tuple[Tensor, Tensor]:
+    """Merge block scores [n, B] (items start..start+n-1) into the running top-k, exactly, without a top-k over B x n.
+
+    Only an item scoring above its row's running k-th best can enter that row's top-k. The block's items are taken
+    in groups of `group` consecutive rows; a group's maximum is compared with the threshold, and only the members of
+    the groups above it (a few per row once the threshold has settled) go into the merge. A row whose threshold is
+    still -inf (fewer than k scored items) takes every group.
+    """
+    n = scores.size(0)
+    B = scores.size(1)
+    k = best_v.size(1)
+    thr = best_v[:, k - 1]  # [B]
+    grouped = scores.view(n // group, group, B)
+    hit = (grouped.amax(1) > thr) | torch.isneginf(thr)  # [n / group, B]
+    found = torch.nonzero(hit.t())  # [N, 2]: (row, group), ordered by row
+    if found.size(0) == 0:
+        return best_v, best_i
+    row = found[:, 0]
+    grp = found[:, 1]
+    rank = torch.arange(found.size(0), device=row.device) - torch.searchsorted(row, row)  # position within its row
+    width = int(rank.max()) + 1
+    dense_v = torch.full([B, width, group], -math.inf, dtype=scores.dtype, device=scores.device)
+    dense_i = torch.zeros([B, width, group], dtype=torch.long, device=scores.device)
+    dense_v[row, rank] = grouped[grp, :, row]  # [N, group] the members' scores
+    dense_i[row, rank] = (grp * group + start).unsqueeze(1) + torch.arange(group, device=row.device)
+    return _merge(best_v, best_i, dense_v.view(B, width * group), dense_i.view(B, width * group))
 
 
 def top_k_items(
@@ -125,39 +167,34 @@ def top_k_items(
         raise ValueError("k must be in [1, catalog_size]")
     B = query.size(0)
     rows = block_rows_for(B, num_items, query.is_cuda)
+    group = 16
     q = query.to(table.dtype)
     best_v = torch.full([B, k], -math.inf, dtype=q.dtype, device=q.device)
     best_i = torch.zeros([B, k], dtype=torch.long, device=q.device)
     lse = torch.full([B], -math.inf, dtype=q.dtype, device=q.device)
+    batch_col = torch.arange(B, device=q.device).unsqueeze(1)  # [B, 1]
     for start in range(0, num_items, rows):
         end = min(num_items, start + rows)
-        block = table[first_row + start : first_row + end]  # [n, d] a view: no copy
         n = end - start
-        d = block.size(1)
-        if B < 8 and n % 16 == 0 and not q.is_cuda:
-            # A [B, d] x [d, n] product of a small batch runs on one thread; as 16 batched products it uses them
-            # all. Which operand order is faster depends on d (docs/benchmarks.md, models section).
-            parts = block.view(16, n // 16, d)  # [16, n/16, d]
-            if d < 48:
-                scores = torch.bmm(q.unsqueeze(0).expand(16, B, d), parts.transpose(1, 2)).permute(1, 0, 2)
-            else:
-                scores = torch.bmm(parts, q.t().unsqueeze(0).expand(16, d, B)).permute(2, 0, 1)
-            scores = scores.reshape(B, n)  # [B, n]; a view when B == 1
-        else:
-            scores = torch.mm(q, block.t())  # [B, n]
+        scores = _block_scores(q, table[first_row + start : first_row + end])  # [n, B], a fresh tensor
         if item_scale is not None:
-            scores.mul_(item_scale[first_row + start : first_row + end].unsqueeze(0))
+            scores.mul_(item_scale[first_row + start : first_row + end].unsqueeze(1))
         if exclude is not None:
             local = exclude - start  # [B, L]
-            hit = (local >= 0) & (local < end - start)
+            hit = (local >= 0) & (local < n)
+            flat = torch.where(hit, local * B + batch_col, torch.zeros_like(local))  # offsets into [n, B]
             penalty = torch.zeros(local.shape, dtype=scores.dtype, device=scores.device).masked_fill_(hit, -math.inf)
-            scores.scatter_add_(1, torch.where(hit, local, torch.zeros_like(local)), penalty)
-            lse = torch.logaddexp(lse, torch.logsumexp(scores, 1))
-        v, i = _block_topk(scores, k)
-        cand_v = torch.cat([best_v, v], 1)
-        cand_i = torch.cat([best_i, i + start], 1)
-        best_v, j = torch.topk(cand_v, k, dim=1)
-        best_i = cand_i.gather(1, j)
+            scores.view(-1).scatter_add_(0, flat.view(-1), penalty.view(-1))
+            lse = torch.logaddexp(lse, torch.logsumexp(scores, 0))
+        if start == 0:  # the first block sets the thresholds
+            v, i = torch.topk(scores.t(), min(k, n), dim=1)
+            best_v, best_i = _merge(best_v, best_i, v, i + start)
+            continue
+        whole = n - n % group
+        best_v, best_i = _merge_above(scores[:whole], start, best_v, best_i, group)
+        if whole < n:  # the last few (< group) items of a ragged last block
+            v, i = torch.topk(scores[whole:].t(), min(k, n - whole), dim=1)
+            best_v, best_i = _merge(best_v, best_i, v, i + start + whole)
     if exclude is None:
         lse = torch.zeros_like(lse)
     return best_v, best_i, lse

@@ -20,9 +20,9 @@ Scripting, never tracing: a trace freezes the control flow and data-dependent st
 
 from __future__ import annotations
 
-import io
 import logging
 import warnings
+from pathlib import Path
 from typing import Any
 
 from etude import storage
@@ -61,14 +61,13 @@ def _for_device(frozen: Any, device: str) -> Any:
     return torch.jit.optimize_for_inference(frozen) if device == "cpu" else frozen
 
 
-def serialize(module: Any) -> bytes:
+def save(module: Any, path: Path) -> None:
+    """torch.jit.save straight to a file: serialising to memory first would hold a second copy of every weight."""
     import torch
 
-    buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(module, buf)
-    return buf.getvalue()
+        torch.jit.save(module, str(path))
 
 
 def export_model(
@@ -99,8 +98,8 @@ def export_model(
         return False
     _check_writable(out)
     started = _now_ns()
-    data = serialize(to_torchscript(build_model(name, catalog_size, seed), runtime, device))
-    storage.write_bytes(out, data)
+    module = to_torchscript(build_model(name, catalog_size, seed), runtime, device)
+    size = storage.write_file(out, lambda path: save(module, path))
     log.info(
         "exported %s (C=%d, %s for %s, seed %d) to %s: %.1f MB in %.1f s",
         name,
@@ -109,7 +108,7 @@ def export_model(
         device,
         seed,
         out,
-        len(data) / 1e6,
+        size / 1e6,
         (_now_ns() - started) / 1e9,
     )
     return True
@@ -126,8 +125,6 @@ def _check_writable(out: str) -> None:
     if storage.is_gcs(out):
         storage.split_gcs(out)
         return
-    from pathlib import Path
-
     path = Path(out)
     if path.is_dir():
         raise UsageError(f"--out {out} is a directory; give a file path such as {path / 'model.pt'}")
@@ -148,16 +145,16 @@ def load_model(uri: str, device: str = "cpu") -> Any:
     """
     import torch
 
-    data = storage.read_bytes(uri)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(io.BytesIO(data), map_location=device)
-    except Exception as err:  # noqa: BLE001 - any load failure means "not a TorchScript model"
-        raise UsageError(
-            f"{uri} is not a TorchScript model ({_first_line(err)}); export one with `etude export` "
-            "or torch.jit.script(model).save(path)"
-        ) from None
+    with storage.local_file(uri) as path:  # from a file, not from bytes in memory: one copy of the weights
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location=device)
+        except Exception as err:  # noqa: BLE001 - any load failure means "not a TorchScript model"
+            raise UsageError(
+                f"{uri} is not a TorchScript model ({_first_line(err)}); export one with `etude export` "
+                "or torch.jit.script(model).save(path)"
+            ) from None
     module.eval()
     check_contract(module, uri, device)
     return module

@@ -116,6 +116,15 @@ def test_catalog_too_large_is_refused_with_the_figure() -> None:
     local.check_memory(load_stack("groceries-small"), available=needed)  # 10,000 items fit easily
 
 
+def test_memory_estimate_counts_repeatnets_three_tables_only_when_it_runs(tmp_path: Path) -> None:
+    exp = load_stack(str(tiny_stack(tmp_path, GRU, "    - {model: repeatnet, runtime: jit, instanceType: cpu}")))
+    one, three = (local.memory_needed_bytes(exp.scenario.catalog_size, exp.scenario.embedding_dim, t) for t in (1, 3))
+    assert three - local.BASE_MEMORY_BYTES == 3 * (one - local.BASE_MEMORY_BYTES) > 0
+    with pytest.raises(UsageError, match=r"1.25 x 3 x C x d x 4 bytes"):
+        local.check_memory(exp, available=three - 1)
+    local.check_memory(exp, available=one, variants=local.select(exp, "gru4rec"))
+
+
 def test_gpu_variants_are_skipped_without_a_gpu(tmp_path: Path) -> None:
     import torch
 
