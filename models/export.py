@@ -1,4 +1,4 @@
-"""Serialize models to TorchScript, and load + validate a serialized model (the server's only loader).
+"""Export models for each runtime, and load + validate a serialized model (the server's only loader).
 
 The serialized-model contract (README, "The serialized-model contract"):
 a TorchScript module whose `forward(item_seq: int64[B, L], item_seq_len: int64[B], k: int) -> int64[B, k]`
@@ -12,6 +12,8 @@ Runtimes. Both produce a TorchScript file, so the server has one loader path:
 - `jit`: `torch.jit.script`, then `torch.jit.freeze` (weights become constants; `catalog_size` and
   `max_session_length` are preserved) and `torch.jit.optimize_for_inference`.
 Scripting, never tracing: a trace freezes the control flow and data-dependent structure of its example input.
+The other runtimes (aot, bf16, int8, onnx, ann) live in models/runtimes.py; `export_model` and `load_model` each
+hand them over at one point, and every loaded model passes the same contract check.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from etude import storage
 from etude.errors import UsageError
 from etude.spec import RUNTIMES
+from models.runtimes import TORCHSCRIPT_RUNTIMES, artifact_kind, export_bytes, load_bytes
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +37,8 @@ def to_torchscript(model: Any, runtime: str) -> Any:
     """`eager`: scripted; `jit`: scripted, frozen and optimised for inference. The model stays on its device."""
     import torch
 
-    if runtime not in RUNTIMES:
-        raise UsageError(f"unknown runtime {runtime!r}; known runtimes: {', '.join(RUNTIMES)}")
+    if runtime not in TORCHSCRIPT_RUNTIMES:
+        raise UsageError(f"runtime {runtime!r} is not TorchScript; TorchScript runtimes: eager, jit")
     model = model.eval().requires_grad_(False)
     with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated; it is still the served format
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -81,7 +84,12 @@ def export_model(
         return False
     _check_writable(out)
     started = _now_ns()
-    data = serialize(to_torchscript(build_model(name, catalog_size, seed), runtime))
+    model = build_model(name, catalog_size, seed)
+    if runtime in TORCHSCRIPT_RUNTIMES:
+        data = serialize(to_torchscript(model, runtime))
+    else:
+        data = export_bytes(model, name, runtime)
+    del model
     storage.write_bytes(out, data)
     log.info(
         "exported %s (C=%d, %s, seed %d) to %s: %.1f MB in %.1f s",
@@ -94,6 +102,16 @@ def export_model(
         (_now_ns() - started) / 1e9,
     )
     return True
+
+
+def runtime_module(model: Any, name: str, runtime: str, device: str = "cpu") -> Any:
+    """What `etude serve` would run for `model` on `runtime`: TorchScript built in memory for eager and jit,
+    the exported artifact read back through the loader for every other runtime."""
+    if runtime in TORCHSCRIPT_RUNTIMES:
+        return to_torchscript(model, runtime)
+    data = export_bytes(model, name, runtime)
+    kind = artifact_kind(data)
+    return load_torchscript(data, device) if kind is None else load_bytes(data, kind, name, device)
 
 
 def _now_ns() -> int:
@@ -124,24 +142,34 @@ def _check_writable(out: str) -> None:
 def load_model(uri: str, device: str = "cpu") -> Any:
     """Load a serialized model from a path or gs:// URI onto `device` and check that it meets the contract.
 
-    Raises UsageError naming the URI and what is wrong: unreadable, not TorchScript, missing attributes, or a
-    forward that fails on, or answers wrongly to, a tiny batch.
+    Raises UsageError naming the URI and what is wrong: unreadable, not a model of a known runtime, missing
+    attributes, or a forward that fails on, or answers wrongly to, a tiny batch. The runtime is recognised from
+    the bytes (TorchScript, AOTInductor package, ONNX, or an ann index), not from the file name.
     """
-    import torch
-
     data = storage.read_bytes(uri)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(io.BytesIO(data), map_location=device)
-    except Exception as err:  # noqa: BLE001 - any load failure means "not a TorchScript model"
-        raise UsageError(
-            f"{uri} is not a TorchScript model ({_first_line(err)}); export one with `etude export` "
-            "or torch.jit.script(model).save(path)"
-        ) from None
+    kind = artifact_kind(data)
+    if kind is not None:
+        module = load_bytes(data, kind, uri, device)
+    else:
+        try:
+            module = load_torchscript(data, device)
+        except Exception as err:  # noqa: BLE001 - any load failure means "not a TorchScript model"
+            raise UsageError(
+                f"{uri} is not a TorchScript model ({_first_line(err)}) nor an aot, onnx or ann model; export one "
+                "with `etude export` or torch.jit.script(model).save(path)"
+            ) from None
+    del data
     module.eval()
     check_contract(module, uri, device)
     return module
+
+
+def load_torchscript(data: bytes, device: str) -> Any:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(io.BytesIO(data), map_location=device)
 
 
 def check_contract(module: Any, uri: str, device: str = "cpu") -> None:
