@@ -83,6 +83,9 @@ class QuantizedEmbedding(nn.Module):
     """The item table in bfloat16 or int8 (+ a scale per row); looks rows up in fp32. `weight` is the stored
     table, so a model's code that names `item_embedding.weight` still compiles."""
 
+    weight: Tensor
+    scale: Tensor
+
     def __init__(self, weight: Tensor, scale: Tensor) -> None:
         super().__init__()
         self.register_buffer("weight", weight)  # [R, d] bfloat16 or int8
@@ -114,6 +117,7 @@ class QuantizedModel(nn.Module):
     max_session_length: int
     native: bool
     rows: int
+    score_scale: Tensor
 
     def __init__(self, model: SessionModel, runtime: str, native: bool) -> None:
         super().__init__()
@@ -143,6 +147,8 @@ class EncoderAndHead(nn.Module):
     """What aot and onnx export: prepared sessions seq [B, L] (shifted ids), lens [B], and k as the length of
     k_like [k] -> ids [B, k], the exact fp32 top-k."""
 
+    score_scale: Tensor
+
     def __init__(self, model: SessionModel) -> None:
         super().__init__()
         self.model = model
@@ -162,6 +168,7 @@ class Encoder(nn.Module):
     catalog_size: int
     max_session_length: int
     rows: int
+    score_scale: Tensor
 
     def __init__(self, model: SessionModel) -> None:
         super().__init__()
@@ -313,10 +320,10 @@ def _export_ann(model: SessionModel) -> bytes:
 
     encoder = Encoder(model)
     C = model.catalog_size
-    vectors = model.item_embedding.weight.detach()[1:]
+    rows = model.item_embedding.weight.detach()[1:]
     if encoder.score_scale.numel():
-        vectors = vectors * encoder.score_scale.unsqueeze(1)
-    vectors = np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
+        rows = rows * encoder.score_scale.unsqueeze(1)
+    vectors = np.ascontiguousarray(rows.numpy(), dtype=np.float32)
     started = time.perf_counter_ns()
     nlist = max(1, min(int(4 * math.sqrt(C)), C // 39))  # faiss wants >= 39 training points per list
     quantizer = faiss.IndexFlatIP(vectors.shape[1])
@@ -470,8 +477,9 @@ class AnnModel(_Served):
             from models.export import load_torchscript
 
             self._encoder = load_torchscript(zf.read("etude-ann/encoder.pt"), device)
-            self._index = faiss.deserialize_index(np.frombuffer(zf.read("etude-ann/index.faiss"), dtype=np.uint8))
-        self._index.nprobe = int(self.meta["nprobe"])
+            index: Any = faiss.deserialize_index(np.frombuffer(zf.read("etude-ann/index.faiss"), dtype=np.uint8))
+        index.nprobe = int(self.meta["nprobe"])
+        self._index = index
         faiss.omp_set_num_threads(torch.get_num_threads())
         super().__init__(int(self.meta["catalog_size"]), int(self.meta["max_session_length"]), device)
 
