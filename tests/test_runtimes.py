@@ -53,7 +53,7 @@ def _answers(path: Path, model: str, catalog_size: int = C) -> tuple[torch.Tenso
 
 @pytest.mark.parametrize(
     ("runtime", "model", "min_recall"),
-    [("bf16", "sasrec", 0.97), ("int8", "gru4rec", 0.95), ("bf16", "core", 0.97), ("int8", "srgnn", 0.95)],
+    [("bf16", "sasrec", 0.98), ("int8", "gru4rec", 0.98), ("bf16", "core", 0.98), ("int8", "srgnn", 0.98)],
 )
 def test_quantized_tables_keep_the_ranking(tmp_path: Path, runtime: str, model: str, min_recall: float) -> None:
     got, exact = _answers(_export(tmp_path, model, runtime), model)
@@ -63,7 +63,7 @@ def test_quantized_tables_keep_the_ranking(tmp_path: Path, runtime: str, model: 
 
 def test_ann_index_is_approximate_but_close(tmp_path: Path) -> None:
     got, exact = _answers(_export(tmp_path, "stamp", "ann", 2000), "stamp", 2000)
-    assert _recall(got, exact) >= 0.85  # calibrated at export for 0.95 on its own sample sessions
+    assert _recall(got, exact) >= 0.9  # calibrated at export for 0.95 on its own sample sessions
 
 
 @pytest.mark.slow
