@@ -33,7 +33,7 @@ import numpy as np
 log = logging.getLogger("bench_runtimes")
 K = 21
 BATCHES = (1, 32, 256)
-SECONDS_PER_BATCH_SIZE = 6.0  # time budget per batch size after the warm-up (at least 3 calls)
+SECONDS_PER_BATCH_SIZE = 4.0  # time budget per batch size after the warm-up (at least 3 calls)
 
 
 def _peak_rss_mb() -> float:
