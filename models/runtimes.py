@@ -101,9 +101,9 @@ class QuantizedEmbedding(nn.Module):
 def quantize(table: Tensor, runtime: str) -> tuple[Tensor, Tensor]:
     """(stored table, per-row scale or empty) for `bf16` or `int8` (symmetric per-row, max-abs / 127)."""
     if runtime == "bf16":
-        return table.to(torch.bfloat16), torch.empty(0)
+        return table.to(torch.bfloat16), torch.empty(0, device=table.device)
     scale = (table.abs().amax(1) / 127.0).clamp(min=1e-12)  # [R]
-    out = torch.empty(table.shape, dtype=torch.int8)
+    out = torch.empty(table.shape, dtype=torch.int8, device=table.device)
     for start in range(0, table.size(0), 1 << 20):  # in blocks: no fp32 copy of the whole table
         part = table[start : start + (1 << 20)] / scale[start : start + (1 << 20)].unsqueeze(1)
         out[start : start + (1 << 20)] = part.round_().clamp_(-127, 127).to(torch.int8)
@@ -123,7 +123,7 @@ class QuantizedModel(nn.Module):
         super().__init__()
         stored, scale = quantize(model.item_embedding.weight.detach(), runtime)
         item_scale = _item_scale(model)
-        score = scale[1:] if scale.numel() else torch.empty(0)
+        score = scale[1:] if scale.numel() else torch.empty(0, device=scale.device)
         if item_scale.numel():
             score = item_scale * score if score.numel() else item_scale
         model.item_embedding = QuantizedEmbedding(stored, scale)  # type: ignore[assignment]
@@ -191,7 +191,11 @@ class Encoder(nn.Module):
 def _item_scale(model: nn.Module) -> Tensor:
     """Per-item score multiplier [C] of a model that has one (CORE's inverse norms), else empty."""
     inv_norm = getattr(model, "inv_norm", None)
-    return inv_norm[1:].detach().clone() if isinstance(inv_norm, Tensor) else torch.empty(0)
+    if isinstance(inv_norm, Tensor):
+        return inv_norm[1:].detach().clone()
+    return (
+        torch.empty(0, device=model.item_embedding.weight.device) if isinstance(model, SessionModel) else torch.empty(0)
+    )
 
 
 def unsupported(model: nn.Module, name: str, runtime: str) -> str | None:
@@ -265,10 +269,11 @@ def _exported_program(model: SessionModel) -> tuple[Any, tuple[Tensor, Tensor, T
     """torch.export of EncoderAndHead with a dynamic batch (>= 2) and k, the width fixed at max_session_length."""
     width = model.max_session_length
     C = model.catalog_size
+    device = model.item_embedding.weight.device
     example = (
-        torch.randint(1, C + 1, (3, width), dtype=torch.long),
-        torch.tensor([width, 2, 1], dtype=torch.long),
-        torch.empty(min(5, C)),
+        torch.randint(1, C + 1, (3, width), dtype=torch.long, device=device),
+        torch.tensor([width, 2, 1], dtype=torch.long, device=device),
+        torch.empty(min(5, C), device=device),
     )
     batch = torch.export.Dim("batch", min=2, max=MAX_EXPORT_BATCH)
     k = torch.export.Dim("k", min=1, max=max(C, 2))
