@@ -84,12 +84,7 @@ def export_model(
         return False
     _check_writable(out)
     started = _now_ns()
-    model = build_model(name, catalog_size, seed)
-    if runtime in TORCHSCRIPT_RUNTIMES:
-        data = serialize(to_torchscript(model, runtime))
-    else:
-        data = export_bytes(model, name, runtime)
-    del model
+    data = artifact(build_model(name, catalog_size, seed), name, runtime)
     storage.write_bytes(out, data)
     log.info(
         "exported %s (C=%d, %s, seed %d) to %s: %.1f MB in %.1f s",
@@ -104,12 +99,19 @@ def export_model(
     return True
 
 
+def artifact(model: Any, name: str, runtime: str) -> bytes:
+    """The bytes `etude export` writes for `model` (built-in `name`) on `runtime`: the one dispatch point."""
+    if runtime in TORCHSCRIPT_RUNTIMES:
+        return serialize(to_torchscript(model, runtime))
+    return export_bytes(model, name, runtime)
+
+
 def runtime_module(model: Any, name: str, runtime: str, device: str = "cpu") -> Any:
     """What `etude serve` would run for `model` on `runtime`: TorchScript built in memory for eager and jit,
     the exported artifact read back through the loader for every other runtime."""
     if runtime in TORCHSCRIPT_RUNTIMES:
         return to_torchscript(model, runtime)
-    data = export_bytes(model, name, runtime)
+    data = artifact(model, name, runtime)
     kind = artifact_kind(data)
     return load_torchscript(data, device) if kind is None else load_bytes(data, kind, name, device)
 
