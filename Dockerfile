@@ -23,6 +23,8 @@ COPY . /src
 RUN pip install --no-deps /src && etude --version
 
 FROM ${PYTHON_IMAGE}
+# A C++ compiler: `etude export --runtime aot` compiles the model with AOTInductor in this image.
+RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 10001 etude \
  && useradd --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin etude
 COPY --from=build /opt/etude /opt/etude

@@ -13,4 +13,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 "$PY" -m etude microbench --models srgnn,repeatnet --catalog-sizes 1000 --device cuda --requests 5 --out "$OUT/smoke"
 "$PY" -m etude microbench --catalog-sizes 10000,100000,1000000,10000000 --runtimes eager,jit --device cuda \
     --requests "${REQUESTS:-100}" --out "$OUT"
-echo "wrote $OUT/microbench.csv $OUT/microbench.png"
+# the runtimes with a CUDA path (aot: AOTInductor for CUDA; bf16, int8: the quantized table on the GPU)
+"$PY" -m etude microbench --models gru4rec,sasrec --catalog-sizes 1000000,10000000 --runtimes jit,aot,bf16,int8 \
+    --device cuda --requests "${REQUESTS:-100}" --out "$OUT/runtimes"
+echo "wrote $OUT/microbench.csv $OUT/microbench.png $OUT/runtimes/microbench.csv"

@@ -131,7 +131,8 @@ def microbench(rows: Sequence[dict[str, Any]], path: Path) -> None:
     cols = min(4, len(names))
     nrows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False, sharex=True)
-    styles = {"python": "^:", "eager": "o--", "jit": "s-"}
+    styles = {"python": "^:", "eager": "o--", "jit": "s-", "aot": "d-", "bf16": "v-", "int8": "<-", "onnx": "p-",
+              "ann": "*-"}
     for ax, name in zip(axes.flat, names, strict=False):
         series: dict[tuple[str, str], list[tuple[int, float]]] = {}
         for row in rows:

@@ -45,10 +45,12 @@ TIMELINE_COLUMNS = {
     "slo_violated": "bool",
 }
 
-# microbench.csv (etude microbench, read by etude report): one row per model x runtime x device x catalog size
+# microbench.csv (etude microbench, read by etude report): one row per model x runtime x device x catalog size;
+# recall: mean recall@21 of the runtime's answers against fp32 exact scoring of the same sessions
 MICROBENCH_FILE = "microbench.csv"
 MICROBENCH_COLUMNS = (
     "model", "runtime", "device", "catalog_size", "embedding_dim", "requests", "p50_ms", "p90_ms", "mean_ms",
+    "recall",
 )  # fmt: skip
 
 

@@ -147,7 +147,7 @@ def _read_microbench(uri: str, found: ResultSet) -> None:
                 "model": row["model"], "runtime": row["runtime"], "device": row["device"],
                 "catalog_size": int(float(row["catalog_size"])), "embedding_dim": int(float(row["embedding_dim"])),
                 "requests": int(float(row["requests"])), "p50_ms": float(row["p50_ms"]),
-                "p90_ms": float(row["p90_ms"]), "mean_ms": float(row["mean_ms"]),
+                "p90_ms": float(row["p90_ms"]), "mean_ms": float(row["mean_ms"]), "recall": float(row["recall"]),
             })  # fmt: skip
     except (storage.StorageError, UnicodeDecodeError, ValueError, csv.Error) as err:
         found.warn(f"skipped {uri}: unreadable micro-benchmark CSV ({err})")

@@ -45,7 +45,8 @@ BUILTIN_MODELS = (
     "srgnn",
     "stamp",
 )
-RUNTIMES = ("eager", "jit")
+# How a model is exported and run (models/export.py, models/runtimes.py; docs/design.md, "Runtimes").
+RUNTIMES = ("eager", "jit", "aot", "bf16", "int8", "onnx", "ann")
 
 
 class SpecError(UsageError, ValueError):
@@ -143,7 +144,7 @@ class Variant(ConfigModel):
 
     model: str | None = None
     model_uri: str | None = None
-    runtime: Literal["eager", "jit"] = "jit"
+    runtime: str = "jit"
     instance_type: str = "cpu"
     replicas: int = Field(default=1, ge=1, le=100)
     name: str | None = Field(default=None, pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
@@ -154,6 +155,13 @@ class Variant(ConfigModel):
         if v is not None and v.lower() not in BUILTIN_MODELS:
             raise ValueError(f"unknown model; built-in models: {', '.join(BUILTIN_MODELS)} (or give modelUri)")
         return None if v is None else v.lower()
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, v: str) -> str:
+        if v not in RUNTIMES:
+            raise ValueError(f"unknown runtime; known runtimes: {', '.join(RUNTIMES)}")
+        return v
 
     @field_validator("instance_type")
     @classmethod

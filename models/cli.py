@@ -15,9 +15,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this package's verbs to the `etude` parser."""
     p = sub.add_parser(
         "export",
-        help="export a built-in model (seeded random weights) as TorchScript",
-        description="Export a built-in model with seeded random weights to a TorchScript file "
-        "that meets the serialized-model contract.",
+        help="export a built-in model (seeded random weights) for a runtime",
+        description="Export a built-in model with seeded random weights to a file of the runtime's format "
+        "that meets the serialized-model contract (docs/design.md, Runtimes).",
     )
     p.add_argument("--model", required=True, help=f"one of: {', '.join(BUILTIN_MODELS)}")
     p.add_argument("--catalog-size", type=int, required=True, help="number of items C (embedding size ceil(C^0.25))")
@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--runtime",
         choices=RUNTIMES,
         default="jit",
-        help="eager: scripted only; jit: scripted, frozen and optimize_for_inference (default)",
+        help="eager: scripted only; jit: scripted, frozen and optimize_for_inference (default); aot: "
+        "torch.export + AOTInductor (needs a C++ compiler); bf16, int8: the item table quantized; onnx: ONNX "
+        "Runtime; ann: a faiss IVF index for approximate top-k",
     )
     p.add_argument(
         "--device",
@@ -48,9 +50,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     m.add_argument("--catalog-sizes", default=DEFAULT_CATALOG_SIZES, help="comma-separated")
     m.add_argument(
         "--runtimes",
-        default=",".join(RUNTIMES),
-        help="comma-separated: eager (scripted), jit (scripted+frozen+optimised); also python (the "
-        "nn.Module in Python eager mode, not exportable)",
+        default="eager,jit",
+        help=f"comma-separated, of: {', '.join(RUNTIMES)} (see etude export --help); also python (the "
+        "nn.Module in Python eager mode, not exportable). Default: eager,jit",
     )
     m.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     m.add_argument("--out", required=True, help="output folder")
@@ -103,6 +105,9 @@ def _microbench(args: argparse.Namespace) -> int:
         models, sizes, runtimes, args.device, args.out, requests=args.requests, seed=args.seed, threads=args.threads
     )
     for c in cells:
-        print(f"{c.model:10s} {c.runtime:5s} C={c.catalog_size:<9d} p50 {c.p50_ms:9.2f} ms  p90 {c.p90_ms:9.2f} ms")
+        print(
+            f"{c.model:10s} {c.runtime:6s} C={c.catalog_size:<9d} p50 {c.p50_ms:9.2f} ms  p90 {c.p90_ms:9.2f} ms"
+            f"  recall@21 {c.recall:.4f}"
+        )
     print(f"wrote {args.out}/microbench.csv, microbench.png, microbench.json")
     return 0

@@ -1,4 +1,4 @@
-"""Serialize models to TorchScript, and load + validate a serialized model (the server's only loader).
+"""Export models for each runtime, and load + validate a serialized model (the server's only loader).
 
 The serialized-model contract (README, "The serialized-model contract"):
 a TorchScript module whose `forward(item_seq: int64[B, L], item_seq_len: int64[B], k: int) -> int64[B, k]`
@@ -16,10 +16,13 @@ writes depends on where the model will be served: `optimize_for_inference` bakes
 on (e.g. MKLDNN layouts on a CPU build, per the PyTorch docs), so a `cuda` artifact is frozen but not optimised;
 its constants move to the GPU with `torch.jit.load(map_location=...)`. `serve --device` picks the loading device.
 Scripting, never tracing: a trace freezes the control flow and data-dependent structure of its example input.
+The other runtimes (aot, bf16, int8, onnx, ann) live in models/runtimes.py; `export_model` and `load_model` each
+hand them over at one point, and every loaded model passes the same contract check.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -28,6 +31,7 @@ from typing import Any
 from etude import storage
 from etude.errors import UsageError
 from etude.spec import RUNTIMES
+from models.runtimes import TORCHSCRIPT_RUNTIMES, artifact_kind, export_bytes, load_bytes
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +44,8 @@ def to_torchscript(model: Any, runtime: str, device: str = "cpu") -> Any:
     The model stays on its device."""
     import torch
 
-    if runtime not in RUNTIMES:
-        raise UsageError(f"unknown runtime {runtime!r}; known runtimes: {', '.join(RUNTIMES)}")
+    if runtime not in TORCHSCRIPT_RUNTIMES:
+        raise UsageError(f"runtime {runtime!r} is not TorchScript; TorchScript runtimes: eager, jit")
     model = model.eval().requires_grad_(False)
     with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated; it is still the served format
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -59,6 +63,17 @@ def _for_device(frozen: Any, device: str) -> Any:
     if device not in EXPORT_DEVICES:
         raise UsageError(f"unknown device {device!r}; known devices: {', '.join(EXPORT_DEVICES)}")
     return torch.jit.optimize_for_inference(frozen) if device == "cpu" else frozen
+
+
+def serialize(module: Any) -> bytes:
+    """torch.jit.save to bytes: for artifacts that embed a TorchScript module in another file (models/runtimes.py)."""
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(module, buf)
+    return buf.getvalue()
 
 
 def save(module: Any, path: Path) -> None:
@@ -98,8 +113,8 @@ def export_model(
         return False
     _check_writable(out)
     started = _now_ns()
-    module = to_torchscript(build_model(name, catalog_size, seed), runtime, device)
-    size = storage.write_file(out, lambda path: save(module, path))
+    size = storage.write_file(out, lambda path: write_artifact(build_model(name, catalog_size, seed), name, runtime,
+                                                               device, path))
     log.info(
         "exported %s (C=%d, %s for %s, seed %d) to %s: %.1f MB in %.1f s",
         name,
@@ -112,6 +127,25 @@ def export_model(
         (_now_ns() - started) / 1e9,
     )
     return True
+
+
+def write_artifact(model: Any, name: str, runtime: str, device: str, path: Path) -> None:
+    """Write what `etude export` writes for `model` (built-in `name`) on `runtime` to `path`: the one dispatch
+    point. TorchScript is saved straight to the file (no second copy of the weights in memory)."""
+    if runtime in TORCHSCRIPT_RUNTIMES:
+        save(to_torchscript(model, runtime, device), path)
+    else:
+        path.write_bytes(export_bytes(model, name, runtime))
+
+
+def runtime_module(model: Any, name: str, runtime: str, device: str = "cpu") -> Any:
+    """What `etude serve` would run for `model` on `runtime`: TorchScript built in memory for eager and jit
+    (exported for `device`, cuda:N as cuda), the exported artifact read back through the loader otherwise."""
+    if runtime in TORCHSCRIPT_RUNTIMES:
+        return to_torchscript(model, runtime, device.split(":")[0])
+    data = export_bytes(model, name, runtime)
+    kind = artifact_kind(data)
+    return load_torchscript(data, device) if kind is None else load_bytes(data, kind, name, device)
 
 
 def _now_ns() -> int:
@@ -140,24 +174,37 @@ def _check_writable(out: str) -> None:
 def load_model(uri: str, device: str = "cpu") -> Any:
     """Load a serialized model from a path or gs:// URI onto `device` and check that it meets the contract.
 
-    Raises UsageError naming the URI and what is wrong: unreadable, not TorchScript, missing attributes, or a
-    forward that fails on, or answers wrongly to, a tiny batch.
+    Raises UsageError naming the URI and what is wrong: unreadable, not a model of a known runtime, missing
+    attributes, or a forward that fails on, or answers wrongly to, a tiny batch. The runtime is recognised from
+    the bytes (TorchScript, AOTInductor package, ONNX, or an ann index), not from the file name.
     """
     import torch
 
     with storage.local_file(uri) as path:  # from a file, not from bytes in memory: one copy of the weights
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                module = torch.jit.load(str(path), map_location=device)
-        except Exception as err:  # noqa: BLE001 - any load failure means "not a TorchScript model"
-            raise UsageError(
-                f"{uri} is not a TorchScript model ({_first_line(err)}); export one with `etude export` "
-                "or torch.jit.script(model).save(path)"
-            ) from None
+        kind = artifact_kind(path)
+        if kind is not None:
+            module = load_bytes(path.read_bytes(), kind, uri, device)
+        else:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    module = torch.jit.load(str(path), map_location=device)
+            except Exception as err:  # noqa: BLE001 - any load failure means "not a TorchScript model"
+                raise UsageError(
+                    f"{uri} is not a TorchScript model ({_first_line(err)}) nor an aot, onnx or ann model; export "
+                    "one with `etude export` or torch.jit.script(model).save(path)"
+                ) from None
     module.eval()
     check_contract(module, uri, device)
     return module
+
+
+def load_torchscript(data: bytes, device: str) -> Any:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(io.BytesIO(data), map_location=device)
 
 
 def check_contract(module: Any, uri: str, device: str = "cpu") -> None:

@@ -1,17 +1,17 @@
 """The micro-benchmark (paper Fig. 3): serial requests, one model x runtime x catalog size at a time.
 
-Each cell builds the built-in model with seeded random weights on the device, turns it into the runtime's
-TorchScript module (the same `to_torchscript` the export uses, so it measures what is served), warms it up,
+Each cell builds the built-in model with seeded random weights on the device, turns it into what the runtime
+serves (`models.export.runtime_module`: the same export and loader as `etude export` and `etude serve`), warms it up,
 then sends `requests` synthetic sessions one after another and times each call from building the input tensors
 to the top-k ids back on the host (`torch.cuda.synchronize` on a GPU). Sessions follow the bol.com preset
 (`loadgen.workload`, Algorithm 1) and keep their most recent 50 items, as the server does.
 
-Runtimes: `eager` and `jit` are the exported artifacts (scripted; scripted + frozen + optimised, see
-models/export.py); `python` (not exportable, only measured here) runs the nn.Module in Python eager mode, the
-paper's "eager execution".
+Runtimes: every runtime of etude.spec.RUNTIMES (models/export.py, models/runtimes.py); `python` (not exportable,
+only measured here) runs the nn.Module in Python eager mode, the paper's "eager execution". Each cell's recall is
+the mean recall@21 of its answers against fp32 exact scoring (the `python` module) of the same sessions.
 
 Output: DIR/microbench.csv (model, runtime, device, catalog_size, embedding_dim, requests, p50_ms, p90_ms,
-mean_ms), DIR/microbench.png (log-log p90 latency vs catalog size per model, eager vs jit) and
+mean_ms, recall), DIR/microbench.png (log-log p90 latency vs catalog size per model and runtime) and
 DIR/microbench.json (the machine's measured read bandwidth and each cell's bandwidth bound C*d*4 bytes / bw).
 """
 
@@ -56,6 +56,7 @@ class Cell:
     p50_ms: float
     p90_ms: float
     mean_ms: float
+    recall: float
 
 
 def default_requests(catalog_size: int) -> int:
@@ -95,41 +96,59 @@ def synthetic_sessions(catalog_size: int, n: int, seed: int, max_len: int = 50) 
     return [np.asarray(next(it), dtype=np.int64)[-max_len:] for _ in range(n)]
 
 
-def time_requests(module: Any, sessions: Sequence[np.ndarray], device: str, k: int = DEFAULT_K) -> np.ndarray:
-    """Serial calls, one session each; returns each call's latency in ms."""
+def time_requests(
+    module: Any, sessions: Sequence[np.ndarray], device: str, k: int = DEFAULT_K
+) -> tuple[np.ndarray, list[list[int]]]:
+    """Serial calls, one session each; returns each call's latency in ms and its answer."""
     import torch
 
     latencies_ns = np.empty(len(sessions), dtype=np.int64)
+    answers: list[list[int]] = []
     with torch.inference_mode():
         for i, session in enumerate(sessions):
             _sync(device)
             t0 = time.perf_counter_ns()
             seq = torch.from_numpy(session).view(1, -1).to(device)
             lens = torch.tensor([len(session)], dtype=torch.long, device=device)
-            module(seq, lens, k).cpu()
+            ids = module(seq, lens, k).cpu()
             _sync(device)
             latencies_ns[i] = time.perf_counter_ns() - t0
-    return latencies_ns / 1e6
+            answers.append(ids[0].tolist())
+    return latencies_ns / 1e6, answers
+
+
+def recall(answers: Sequence[list[int]], exact: Sequence[list[int]]) -> float:
+    """Mean over sessions of |answer & exact| / |exact|."""
+    return float(np.mean([len(set(a) & set(e)) / len(e) for a, e in zip(answers, exact, strict=True)]))
 
 
 def measure_model(
     name: str, catalog_size: int, runtimes: list[str], device: str, sessions: list[np.ndarray], seed: int, threads: int
-) -> list[tuple[str, np.ndarray]]:
-    """Latencies (ms) of one model at one catalog size, per runtime, after a warm-up."""
+) -> list[tuple[str, np.ndarray, float]]:
+    """Latencies (ms) and recall@k of one model at one catalog size, per runtime, after a warm-up."""
     import torch
 
-    from models.export import to_torchscript
+    from models.export import runtime_module
     from models.registry import build_model
+    from models.runtimes import unsupported
 
     torch.set_num_threads(threads)
+    timed = sessions[WARMUP_REQUESTS:]
+    reference = build_model(name, catalog_size, seed).to(device)
+    _, exact = time_requests(reference, timed, device)  # fp32 exact scoring: the recall's reference
+    del reference
     results = []
     for runtime in runtimes:
         model = build_model(name, catalog_size, seed).to(device)
-        # the artifact a server on this device would get (cuda:N exports as cuda)
-        module = model if runtime == "python" else to_torchscript(model, runtime, device.split(":")[0])
+        reason = unsupported(model, name, runtime)
+        if reason is not None:
+            log.warning("not measured: %s", reason)
+            continue
+        module = model if runtime == "python" else runtime_module(model, name, runtime, device)
         del model
         time_requests(module, sessions[:WARMUP_REQUESTS], device)
-        results.append((runtime, time_requests(module, sessions[WARMUP_REQUESTS:], device)))
+        latencies_ms, answers = time_requests(module, timed, device)
+        results.append((runtime, latencies_ms, recall(answers, exact)))
         del module
         gc.collect()
     return results
@@ -185,7 +204,7 @@ def run(
                     results = pool.submit(measure_model, *args).result()
             else:
                 results = measure_model(*args)
-            for runtime, lat_ms in results:
+            for runtime, lat_ms, rec in results:
                 cell = Cell(
                     name,
                     runtime,
@@ -196,16 +215,18 @@ def run(
                     round(float(np.percentile(lat_ms, 50, method="inverted_cdf")), 3),
                     round(float(np.percentile(lat_ms, 90, method="inverted_cdf")), 3),
                     round(float(lat_ms.mean()), 3),
+                    round(rec, 4),
                 )
                 cells.append(cell)
                 log.info(
-                    "%-9s %-6s C=%-9d d=%-3d p50 %8.2f ms  p90 %8.2f ms  (bound %.2f ms)",
+                    "%-9s %-6s C=%-9d d=%-3d p50 %8.2f ms  p90 %8.2f ms  recall %.4f  (bound %.2f ms)",
                     name,
                     runtime,
                     c,
                     d,
                     cell.p50_ms,
                     cell.p90_ms,
+                    cell.recall,
                     meta["bound_ms"][str(c)],
                 )
             write_csv(cells, out / MICROBENCH_FILE)

@@ -89,7 +89,7 @@ def test_sessions_follow_the_workload_and_keep_50_items() -> None:
         (["--models", "gru4rec,bert4rec"], "unknown model 'bert4rec'"),
         (["--catalog-sizes", "100,x"], "comma-separated integers"),
         (["--catalog-sizes", "0"], ">= 1"),
-        (["--runtimes", "onnx"], "unknown runtime 'onnx'"),
+        (["--runtimes", "tensorrt"], "unknown runtime 'tensorrt'"),
         (["--device", "tpu"], "--device must be cpu"),
         (["--requests", "0"], "--requests must be >= 1"),
     ],

@@ -195,16 +195,17 @@ def test_infratest_and_microbench_figures(tmp_path: Path) -> None:
                   timeline=ramp_timeline(1000, 20, slow_from_rps=slow, errors_at=15 if slow else None))
     bench = root / "bench" / "microbench.csv"
     bench.parent.mkdir(parents=True)
-    lines = ["model,runtime,device,catalog_size,embedding_dim,requests,p50_ms,p90_ms,mean_ms"]
+    lines = ["model,runtime,device,catalog_size,embedding_dim,requests,p50_ms,p90_ms,mean_ms,recall"]
     for c in (10_000, 100_000, 1_000_000):
         d = math.ceil(c**0.25)
-        lines += [f"gru4rec,{rt},cpu,{c},{d},200,{c / 1e5 * f:.3f},{c / 1e5 * f * 1.2:.3f},{c / 1e5 * f:.3f}"
-                  for rt, f in (("eager", 2.0), ("jit", 1.0))]
+        lines += [f"gru4rec,{rt},cpu,{c},{d},200,{c / 1e5 * f:.3f},{c / 1e5 * f * 1.2:.3f},{c / 1e5 * f:.3f},{r}"
+                  for rt, f, r in (("eager", 2.0, 1.0), ("jit", 1.0, 1.0), ("int8", 0.7, 0.9876))]
     bench.write_text("\n".join(lines) + "\n")
     out = write_report([str(root)], tmp_path / "out")
     md = (out / "report.md").read_text()
     assert "(Fig. 2)" in md and "**torchserve-empty**" in md and "**etude-noop**" in md
     assert "(Fig. 3)" in md and "1,000,000" in md
+    assert "| int8 | cpu | 1,000,000 |" in md and "| 0.988 |" in md  # the runtime and its recall@21
     assert (out / "figures/fig2-infratest.png").stat().st_size > 1000
     assert (out / "figures/fig3-microbench.png").stat().st_size > 1000
     assert "No complete end-to-end runs" in md  # the infrastructure test is no use case

@@ -84,7 +84,7 @@ def test_minimal_config_gets_the_papers_defaults() -> None:
             {**_config(), "etude:variants": [{"model": "narm", "instanceType": "tpu-v5"}]},
             ["etude:variants.0.instanceType", "'tpu-v5'", "known: cpu, gpu-t4, gpu-l4, gpu-a100, gpu-h100"],
         ),
-        ({**_config(), "etude:variants": [{"model": "narm", "runtime": "onnx"}]}, ["runtime", "'eager' or 'jit'"]),
+        ({**_config(), "etude:variants": [{"model": "narm", "runtime": "trt"}]}, ["runtime", "known runtimes: eager"]),
         ({**_config(), "etude:variants": [{"model": "narm", "replicas": 0}]}, ["replicas", "0"]),
         ({**_config(), "etude:variants": [{"runtime": "jit"}]}, ["exactly one of model", "modelUri"]),
         ({**_config(), "etude:variants": []}, ["etude:variants", "at least 1"]),

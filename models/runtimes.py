@@ -1,0 +1,526 @@
+"""The runtimes beyond TorchScript: `aot`, `bf16`, `int8`, `onnx` and `ann` (docs/design.md, "Runtimes").
+
+`export_bytes(model, runtime)` turns a built-in model into the runtime's artifact; `load_bytes(data, uri, device)`
+reads one back as an object that meets the serialized-model contract (`catalog_size`, `max_session_length`,
+`module(item_seq, item_seq_len, k) -> ids [B, k]`), so `etude serve` and its contract check treat every runtime
+alike. The format is recognised from the bytes, never from the file name:
+
+- `bf16`, `int8`: TorchScript (loaded by the TorchScript path of models/export.py). The item table is stored in
+  bfloat16, or in int8 with one fp32 scale per row (symmetric, max-abs / 127); the encoder looks items up from it
+  and the top-k scan dequantises one block of rows at a time into fp32 for the product (bf16 multiplies in
+  bfloat16 directly where the CPU has AVX512-BF16 or on a GPU). Recall@21 against fp32 is measured, not assumed.
+- `aot`: `torch.export` of the encoder and a block-scan head, compiled by AOTInductor into a `.pt2` package;
+  catalog_size and max_session_length travel in the package's metadata. Needs a C++ compiler at export time.
+- `onnx`: the same exported program written as ONNX (dynamo exporter), run by ONNX Runtime; the sizes travel in
+  the model's metadata_props. One protobuf holds at most 2 GB, so the item table must fit in it.
+- `ann`: the encoder as TorchScript plus a faiss IVF index (inner product) over the item table, in one zip;
+  nprobe is raised at export until recall@21 on sample sessions reaches ANN_TARGET_RECALL.
+
+aot and onnx are exported with a fixed session width (max_session_length: the sessions are right-padded to it,
+which the contract allows) and a dynamic batch size and k (k travels as the length of a tensor).
+RepeatNet (its explore softmax needs every item's score and the session's exclusions) and noop (no item table)
+run on eager and jit only; asking for another runtime is a UsageError naming the model and the reason.
+"""
+
+import io
+import json
+import logging
+import math
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from etude.errors import UsageError
+from models.common import SessionModel, prepare_session
+
+log = logging.getLogger(__name__)
+
+TORCHSCRIPT_RUNTIMES = ("eager", "jit")
+QUANTIZED_RUNTIMES = ("bf16", "int8")
+SCAN_ROWS = 65536  # rows per block of the block-scan head
+MAX_EXPORT_BLOCKS = 64  # aot/onnx unroll the block loop; more rows per block beyond 64 * SCAN_ROWS items
+MAX_EXPORT_BATCH = 65536
+ANN_TARGET_RECALL = 0.95
+ANN_SAMPLE_SESSIONS = 256
+ANN_MEMBER = "etude-ann/meta.json"
+CONTRACT_KEYS = ("catalog_size", "max_session_length")
+
+
+def scan_top_k(
+    query: Tensor, table: Tensor, row_scale: Tensor, first_row: int, num_items: int, k: int, rows: int, native: bool
+) -> Tensor:
+    """Top-k ids [B, k] of query [B, d] against rows [first_row, first_row + num_items) of table, best first.
+
+    A table in another dtype than the query is dequantised one block at a time (or multiplied in its dtype
+    when `native`); row_scale [num_items] (empty: none) multiplies each item's score. Each block is merged into
+    the running top-k with one topk over [best k | block], so no shape depends on k being below a block's size.
+    """
+    B = query.size(0)
+    best_v = torch.full([B, k], -math.inf, dtype=query.dtype, device=query.device)
+    best_i = torch.zeros([B, k], dtype=torch.long, device=query.device)
+    scaled = row_scale.numel() > 0
+    for start in range(0, num_items, rows):
+        end = min(num_items, start + rows)
+        block = table[first_row + start : first_row + end]
+        if native and block.dtype != query.dtype:
+            scores = torch.mm(query.to(block.dtype), block.t()).to(query.dtype)
+        else:
+            scores = torch.mm(query, block.to(query.dtype).t())  # [B, n]
+        if scaled:
+            scores = scores * row_scale[start:end].unsqueeze(0)
+        v, j = torch.topk(torch.cat([best_v, scores], 1), k, dim=1)
+        best_i = torch.where(j < k, best_i.gather(1, j.clamp(max=k - 1)), j - k + start)
+        best_v = v
+    return best_i
+
+
+class QuantizedEmbedding(nn.Module):
+    """The item table in bfloat16 or int8 (+ a scale per row); looks rows up in fp32. `weight` is the stored
+    table, so a model's code that names `item_embedding.weight` still compiles."""
+
+    weight: Tensor
+    scale: Tensor
+
+    def __init__(self, weight: Tensor, scale: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)  # [R, d] bfloat16 or int8
+        self.register_buffer("scale", scale)  # [R] fp32, or empty (bf16)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        rows = self.weight[ids].to(torch.float32)
+        if self.scale.numel() > 0:
+            rows = rows * self.scale[ids].unsqueeze(-1)
+        return rows
+
+
+def quantize(table: Tensor, runtime: str) -> tuple[Tensor, Tensor]:
+    """(stored table, per-row scale or empty) for `bf16` or `int8` (symmetric per-row, max-abs / 127)."""
+    if runtime == "bf16":
+        return table.to(torch.bfloat16), torch.empty(0, device=table.device)
+    scale = (table.abs().amax(1) / 127.0).clamp(min=1e-12)  # [R]
+    out = torch.empty(table.shape, dtype=torch.int8, device=table.device)
+    for start in range(0, table.size(0), 1 << 20):  # in blocks: no fp32 copy of the whole table
+        part = table[start : start + (1 << 20)] / scale[start : start + (1 << 20)].unsqueeze(1)
+        out[start : start + (1 << 20)] = part.round_().clamp_(-127, 127).to(torch.int8)
+    return out, scale
+
+
+class QuantizedModel(nn.Module):
+    """A session model whose item table is stored quantized: encode with it, score with a block scan."""
+
+    catalog_size: int
+    max_session_length: int
+    native: bool
+    rows: int
+    score_scale: Tensor
+
+    def __init__(self, model: SessionModel, runtime: str, native: bool) -> None:
+        super().__init__()
+        stored, scale = quantize(model.item_embedding.weight.detach(), runtime)
+        item_scale = _item_scale(model)
+        score = scale[1:] if scale.numel() else torch.empty(0, device=scale.device)
+        if item_scale.numel():
+            score = item_scale * score if score.numel() else item_scale
+        model.item_embedding = QuantizedEmbedding(stored, scale)  # type: ignore[assignment]
+        self.model = model
+        self.register_buffer("score_scale", score.contiguous())
+        self.catalog_size = model.catalog_size
+        self.max_session_length = model.max_session_length
+        self.native = native
+        self.rows = SCAN_ROWS  # (TorchScript reads no module globals)
+
+    def forward(self, item_seq: Tensor, item_seq_len: Tensor, k: int) -> Tensor:
+        if k < 1 or k > self.catalog_size:
+            raise ValueError("k must be in [1, catalog_size]")
+        seq, lens = prepare_session(item_seq, item_seq_len, self.max_session_length, self.model.pad_to)
+        query = self.model.encode(seq, lens)  # [B, d]
+        table = self.model.item_embedding.weight
+        return scan_top_k(query, table, self.score_scale, 1, self.catalog_size, k, self.rows, self.native)
+
+
+class EncoderAndHead(nn.Module):
+    """What aot and onnx export: prepared sessions seq [B, L] (shifted ids), lens [B], and k as the length of
+    k_like [k] -> ids [B, k], the exact fp32 top-k."""
+
+    score_scale: Tensor
+
+    def __init__(self, model: SessionModel) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("score_scale", _item_scale(model))
+        self.rows = max(SCAN_ROWS, math.ceil(model.catalog_size / MAX_EXPORT_BLOCKS))
+
+    def forward(self, seq: Tensor, lens: Tensor, k_like: Tensor) -> Tensor:
+        query = self.model.encode(seq, lens)
+        table = self.model.item_embedding.weight
+        C = self.model.catalog_size
+        return scan_top_k(query, table, self.score_scale, 1, C, k_like.size(0), self.rows, False)
+
+
+class Encoder(nn.Module):
+    """ann's session encoder (TorchScript): contract input -> query [B, d]; `exact` is the fp32 fallback."""
+
+    catalog_size: int
+    max_session_length: int
+    rows: int
+    score_scale: Tensor
+
+    def __init__(self, model: SessionModel) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("score_scale", _item_scale(model))
+        self.catalog_size = model.catalog_size
+        self.max_session_length = model.max_session_length
+        self.rows = SCAN_ROWS
+
+    def forward(self, item_seq: Tensor, item_seq_len: Tensor) -> Tensor:
+        seq, lens = prepare_session(item_seq, item_seq_len, self.max_session_length, self.model.pad_to)
+        return self.model.encode(seq, lens)
+
+    @torch.jit.export
+    def exact(self, query: Tensor, k: int) -> Tensor:
+        table = self.model.item_embedding.weight
+        return scan_top_k(query, table, self.score_scale, 1, self.catalog_size, k, self.rows, False)
+
+
+def _item_scale(model: nn.Module) -> Tensor:
+    """Per-item score multiplier [C] of a model that has one (CORE's inverse norms), else empty."""
+    inv_norm = getattr(model, "inv_norm", None)
+    if isinstance(inv_norm, Tensor):
+        return inv_norm[1:].detach().clone()
+    return (
+        torch.empty(0, device=model.item_embedding.weight.device) if isinstance(model, SessionModel) else torch.empty(0)
+    )
+
+
+def unsupported(model: nn.Module, name: str, runtime: str) -> str | None:
+    """Why `model` cannot run on `runtime` (one line naming both), or None when it can."""
+    if runtime in (*TORCHSCRIPT_RUNTIMES, "python"):
+        return None
+    if not isinstance(model, SessionModel):
+        return f"{name} cannot run on runtime {runtime!r}: it has no item table to score (eager, jit only)"
+    if type(model).forward is not SessionModel.forward and not hasattr(model, "inv_norm"):
+        return (
+            f"{name} cannot run on runtime {runtime!r}: its ranking is not an inner product over the item table "
+            "(the explore softmax needs every item's score); use eager or jit"
+        )
+    return None
+
+
+def check_supported(model: nn.Module, name: str, runtime: str) -> SessionModel:
+    """The model as a SessionModel whose ranking is encode + inner product; UsageError naming why not."""
+    reason = unsupported(model, name, runtime)
+    if reason is not None or not isinstance(model, SessionModel):
+        raise UsageError(reason or f"{name}: not a session model")
+    return model
+
+
+# ---- export ------------------------------------------------------------------------------------------------
+
+
+def export_bytes(model: nn.Module, name: str, runtime: str) -> bytes:
+    """The artifact of `runtime` (one of aot, bf16, int8, onnx, ann) for a built-in model."""
+    session_model = check_supported(model.eval().requires_grad_(False), name, runtime)
+    exporters: dict[str, Callable[[SessionModel], bytes]] = {
+        "bf16": lambda m: _export_quantized(m, "bf16"),
+        "int8": lambda m: _export_quantized(m, "int8"),
+        "aot": _export_aot,
+        "onnx": _export_onnx,
+        "ann": _export_ann,
+    }
+    try:
+        return exporters[runtime](session_model)
+    except UsageError:
+        raise
+    except Exception as err:  # noqa: BLE001 - an exporter's failure is reported in one line, naming the model
+        raise UsageError(f"{name} cannot be exported to {runtime}: {_first_line(err)}") from None
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Multiply in bfloat16 directly: on a GPU, or a CPU with AVX512-BF16 (else upconvert a block to fp32)."""
+    if device.type == "cuda":
+        return True
+    return bool(torch.cpu._is_avx512_bf16_supported())
+
+
+def _export_quantized(model: SessionModel, runtime: str) -> bytes:
+    from models.export import serialize
+
+    device = model.item_embedding.weight.device
+    wrapped = QuantizedModel(model, runtime, runtime == "bf16" and native_bf16(device))
+    return serialize(_frozen(wrapped, list(CONTRACT_KEYS)))
+
+
+def _frozen(module: nn.Module, keep: list[str]) -> Any:
+    """Scripted and frozen, keeping the attributes and methods named in `keep`."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.freeze(torch.jit.script(module.eval()), preserved_attrs=keep)
+
+
+def _exported_program(model: SessionModel) -> tuple[Any, tuple[Tensor, Tensor, Tensor], Any]:
+    """torch.export of EncoderAndHead with a dynamic batch (>= 2) and k, the width fixed at max_session_length."""
+    width = model.max_session_length
+    C = model.catalog_size
+    device = model.item_embedding.weight.device
+    example = (
+        torch.randint(1, C + 1, (3, width), dtype=torch.long, device=device),
+        torch.tensor([width, 2, 1], dtype=torch.long, device=device),
+        torch.empty(min(5, C), device=device),
+    )
+    batch = torch.export.Dim("batch", min=2, max=MAX_EXPORT_BATCH)
+    k = torch.export.Dim("k", min=1, max=max(C, 2))
+    shapes = ({0: batch}, {0: batch}, {0: k})
+    program = torch.export.export(EncoderAndHead(model), example, dynamic_shapes=shapes)
+    return program, example, shapes
+
+
+def _export_aot(model: SessionModel) -> bytes:
+    import os
+    import tempfile
+
+    program, _, _ = _exported_program(model)
+    metadata = {key: str(getattr(model, key)) for key in CONTRACT_KEYS}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.pt2")
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=path, inductor_configs={"aot_inductor.metadata": metadata}
+        )
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def _export_onnx(model: SessionModel) -> bytes:
+    import os
+    import tempfile
+
+    import onnx
+
+    table_bytes = model.item_embedding.weight.numel() * 4
+    if table_bytes >= 2**31 - (64 << 20):
+        raise UsageError(
+            f"onnx: the item table ({table_bytes / 1e9:.2f} GB) does not fit one ONNX protobuf (2 GB); "
+            "use aot or jit for this catalog size"
+        )
+    program, example, shapes = _exported_program(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        torch.onnx.export(program, example, path, dynamo=True, dynamic_shapes=shapes, verbose=False)
+        proto = onnx.load(path)
+    for key in CONTRACT_KEYS:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(getattr(model, key))
+    return bytes(proto.SerializeToString())
+
+
+def _export_ann(model: SessionModel) -> bytes:
+    import faiss
+
+    encoder = Encoder(model)
+    C = model.catalog_size
+    rows = model.item_embedding.weight.detach()[1:]
+    if encoder.score_scale.numel():
+        rows = rows * encoder.score_scale.unsqueeze(1)
+    vectors = np.ascontiguousarray(rows.numpy(), dtype=np.float32)
+    started = time.perf_counter_ns()
+    nlist = max(1, min(int(4 * math.sqrt(C)), C // 39))  # faiss wants >= 39 training points per list
+    quantizer = faiss.IndexFlatIP(vectors.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(0)
+    sample = vectors[rng.choice(C, size=min(C, 64 * nlist), replace=False)] if C > 64 * nlist else vectors
+    index.train(sample)
+    index.add(vectors)
+    build_s = (time.perf_counter_ns() - started) / 1e9
+    nprobe, recall = _calibrate_nprobe(encoder, index, C)
+    data = faiss.serialize_index(index)
+    meta = {
+        "format": "etude-ann-ivf",
+        "catalog_size": C,
+        "max_session_length": model.max_session_length,
+        "nlist": nlist,
+        "nprobe": nprobe,
+        "sample_recall_at_21": round(recall, 4),
+        "build_s": round(build_s, 3),
+        "index_bytes": int(data.nbytes),
+    }
+    log.info("ann index: %s", meta)
+    from models.export import serialize
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(ANN_MEMBER, json.dumps(meta))
+        zf.writestr(
+            "etude-ann/encoder.pt",
+            serialize(_frozen(encoder, [*CONTRACT_KEYS, "exact"])),
+        )
+        zf.writestr("etude-ann/index.faiss", data.tobytes())
+    return buf.getvalue()
+
+
+def _calibrate_nprobe(encoder: Any, index: Any, catalog_size: int) -> tuple[int, float]:
+    """The smallest power-of-two nprobe whose recall@21 on sample sessions reaches ANN_TARGET_RECALL."""
+    rng = np.random.default_rng(1)
+    n = ANN_SAMPLE_SESSIONS
+    lengths = rng.integers(1, 11, size=n)
+    seq = torch.from_numpy(rng.integers(0, catalog_size, size=(n, 10)))
+    with torch.inference_mode():
+        query = encoder(seq, torch.from_numpy(lengths))
+        k = min(21, catalog_size)
+        exact = encoder.exact(query, k).numpy()
+    q = np.ascontiguousarray(query.numpy(), dtype=np.float32)
+    nprobe = 1
+    while True:
+        index.nprobe = nprobe
+        _, ids = index.search(q, k)
+        recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids.tolist(), exact.tolist(), strict=True)]))
+        if recall >= ANN_TARGET_RECALL or nprobe >= index.nlist:
+            return nprobe, recall
+        nprobe = min(2 * nprobe, index.nlist)
+
+
+# ---- load ----------------------------------------------------------------------------------------------------
+
+
+def artifact_kind(source: bytes | Path) -> str | None:
+    """'aot', 'ann' or 'onnx' when the bytes (or the file) are such an artifact; None for anything else
+    (TorchScript or junk). A zip is told by its member names, read from the file without loading it whole."""
+    if isinstance(source, bytes):
+        head = source[:4]
+    else:
+        with open(source, "rb") as f:
+            head = f.read(4)
+    if head == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source) as zf:
+                names = zf.namelist()
+        except zipfile.BadZipFile:
+            return None
+        if ANN_MEMBER in names:
+            return "ann"
+        if any(n.endswith("/archive_format") for n in names) and any("aotinductor" in n for n in names):
+            return "aot"
+        return None
+    try:
+        import onnx
+
+        proto = onnx.load_model_from_string(source if isinstance(source, bytes) else source.read_bytes())
+    except Exception:  # noqa: BLE001 - not a protobuf of an ONNX model
+        return None
+    return "onnx" if proto.graph.node else None
+
+
+class _Served:
+    """An artifact run through its runtime, with the contract's interface (attributes and call)."""
+
+    def __init__(self, catalog_size: int, max_session_length: int, device: str) -> None:
+        self.catalog_size = catalog_size
+        self.max_session_length = max_session_length
+        self.device = torch.device(device)
+
+    def eval(self) -> Self:
+        return self
+
+    def prepared(self, item_seq: Tensor, item_seq_len: Tensor, k: int) -> tuple[Tensor, Tensor, int]:
+        """Sessions cut and right-padded to max_session_length (shifted ids), at least 2 rows; the real B."""
+        if k < 1 or k > self.catalog_size:
+            raise ValueError("k must be in [1, catalog_size]")
+        width = self.max_session_length
+        seq, lens = prepare_session(item_seq, item_seq_len, width, width)
+        n = seq.size(0)
+        if n == 1:  # the programs are exported for B >= 2 (size 1 is special to torch.export)
+            seq, lens = seq.expand(2, width).contiguous(), lens.expand(2).contiguous()
+        return seq.to(self.device), lens.to(self.device), n
+
+
+class AotModel(_Served):
+    def __init__(self, data: bytes, device: str) -> None:
+        import os
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:  # the loader reads a file; it is mapped before the unlink
+            path = os.path.join(tmp, "model.pt2")
+            with open(path, "wb") as f:
+                f.write(data)
+            index = torch.device(device).index
+            self._runner = torch._inductor.aoti_load_package(path, device_index=-1 if index is None else index)
+        meta = self._runner.get_metadata()
+        super().__init__(int(meta["catalog_size"]), int(meta["max_session_length"]), device)
+
+    def __call__(self, item_seq: Tensor, item_seq_len: Tensor, k: int) -> Tensor:
+        seq, lens, n = self.prepared(item_seq, item_seq_len, k)
+        out: Tensor = self._runner(seq, lens, torch.empty(k, device=self.device))
+        return out[:n]
+
+
+class OnnxModel(_Served):
+    def __init__(self, data: bytes, device: str) -> None:
+        import onnxruntime as ort
+
+        if device != "cpu":
+            raise UsageError("onnx models run on the CPU here (onnxruntime's CPU provider)")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        meta = self._session.get_modelmeta().custom_metadata_map
+        self._inputs = [i.name for i in self._session.get_inputs()]
+        super().__init__(int(meta["catalog_size"]), int(meta["max_session_length"]), device)
+
+    def __call__(self, item_seq: Tensor, item_seq_len: Tensor, k: int) -> Tensor:
+        seq, lens, n = self.prepared(item_seq, item_seq_len, k)
+        feeds = dict(zip(self._inputs, (seq.numpy(), lens.numpy(), np.empty(k, np.float32)), strict=True))
+        return torch.from_numpy(self._session.run(None, feeds)[0][:n])
+
+
+class AnnModel(_Served):
+    def __init__(self, data: bytes, device: str) -> None:
+        import faiss
+
+        if device != "cpu":
+            raise UsageError("ann models run on the CPU here (faiss-cpu)")
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            self.meta = json.loads(zf.read(ANN_MEMBER))
+            from models.export import load_torchscript
+
+            self._encoder = load_torchscript(zf.read("etude-ann/encoder.pt"), device)
+            index: Any = faiss.deserialize_index(np.frombuffer(zf.read("etude-ann/index.faiss"), dtype=np.uint8))
+        index.nprobe = int(self.meta["nprobe"])
+        self._index = index
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        super().__init__(int(self.meta["catalog_size"]), int(self.meta["max_session_length"]), device)
+
+    def __call__(self, item_seq: Tensor, item_seq_len: Tensor, k: int) -> Tensor:
+        if k < 1 or k > self.catalog_size:
+            raise ValueError("k must be in [1, catalog_size]")
+        query = self._encoder(item_seq, item_seq_len)  # [B, d]
+        _, ids = self._index.search(np.ascontiguousarray(query.numpy(), dtype=np.float32), k)
+        out = torch.from_numpy(ids)
+        short = (out < 0).any(1)  # the probed lists held fewer than k items: score those rows exactly
+        if bool(short.any()):
+            out[short] = self._encoder.exact(query[short], k)
+        return out
+
+
+LOADERS: dict[str, Callable[[bytes, str], "_Served"]] = {"aot": AotModel, "onnx": OnnxModel, "ann": AnnModel}
+
+
+def load_bytes(data: bytes, kind: str, uri: str, device: str) -> "_Served":
+    try:
+        return LOADERS[kind](data, device)
+    except UsageError as err:
+        raise UsageError(f"{uri}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - a damaged artifact: one line naming it
+        raise UsageError(f"{uri}: cannot load this {kind} model: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

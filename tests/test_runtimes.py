@@ -1,0 +1,151 @@
+"""The runtimes beyond TorchScript (models/runtimes.py): each exports, loads through `load_model`, meets the
+contract, and agrees with fp32 exact scoring (exactly for aot and onnx, within a recall bound for the others)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from etude.cli import main
+from etude.errors import UsageError
+from models.export import load_model
+from models.registry import build_model
+from serving.model import Predictor, Query
+
+C = 600
+K = 21
+
+
+def _export(tmp_path: Path, model: str, runtime: str, catalog_size: int = C) -> Path:
+    out = tmp_path / f"{model}-{runtime}.pt"
+    args = ["export", "--model", model, "--catalog-size", str(catalog_size), "--runtime", runtime, "--out", str(out)]
+    assert main([*args, "--seed", "3"]) == 0
+    return out
+
+
+def _sessions(n: int = 64, catalog_size: int = C) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(11)
+    seq = torch.randint(0, catalog_size, (n, 12), generator=gen)
+    lens = torch.randint(1, 13, (n,), generator=gen)
+    return seq, lens
+
+
+def _recall(got: torch.Tensor, exact: torch.Tensor) -> float:
+    rows = zip(got.tolist(), exact.tolist(), strict=True)
+    return sum(len(set(a) & set(b)) for a, b in rows) / exact.numel()
+
+
+def _answers(path: Path, model: str, catalog_size: int = C) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loaded artifact's top-K, fp32 exact top-K of the same model and seed) on the same sessions."""
+    served = load_model(str(path), "cpu")
+    assert served.catalog_size == catalog_size and served.max_session_length == 50
+    seq, lens = _sessions(catalog_size=catalog_size)
+    with torch.inference_mode():
+        got = served(seq, lens, K)
+        exact = build_model(model, catalog_size, 3)(seq, lens, K)
+    assert got.dtype == torch.long and got.shape == (64, K)
+    assert all(len(set(row)) == K and all(0 <= i < catalog_size for i in row) for row in got.tolist())
+    return got, exact
+
+
+@pytest.mark.parametrize(
+    ("runtime", "model", "min_recall"),
+    [("bf16", "sasrec", 0.98), ("int8", "gru4rec", 0.98), ("bf16", "core", 0.98), ("int8", "srgnn", 0.98)],
+)
+def test_quantized_tables_keep_the_ranking(tmp_path: Path, runtime: str, model: str, min_recall: float) -> None:
+    got, exact = _answers(_export(tmp_path, model, runtime), model)
+    assert _recall(got, exact) >= min_recall
+    assert not torch.equal(got, exact) or runtime == "bf16"  # int8 does change some answers: it is not fp32
+
+
+def test_ann_index_is_approximate_but_close(tmp_path: Path) -> None:
+    got, exact = _answers(_export(tmp_path, "stamp", "ann", 2000), "stamp", 2000)
+    assert _recall(got, exact) >= 0.9  # calibrated at export for 0.95 on its own sample sessions
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["onnx", "aot"])
+def test_compiled_runtimes_are_exact(tmp_path: Path, runtime: str) -> None:
+    path = _export(tmp_path, "stamp", runtime)
+    got, exact = _answers(path, "stamp")
+    assert torch.equal(got, exact)
+    served = load_model(str(path))  # batch of one (the program is exported for B >= 2) and a large k
+    one_seq, one_len = exact[:1, :5], torch.tensor([5])
+    assert torch.equal(served(one_seq, one_len, C), build_model("stamp", C, 3)(one_seq, one_len, C))
+    predictor = Predictor(served)  # the server's batching path, unchanged for every runtime
+    answers = predictor.predict([Query([1, 2, 3], 5), Query([7], 21), Query(list(range(50)), 2)])
+    assert [len(a) for a in answers] == [5, 21, 2]
+
+
+def test_the_server_predicts_with_an_ann_model(tmp_path: Path) -> None:
+    from serving.model import load_model as serve_load
+
+    predictor = Predictor(serve_load(str(_export(tmp_path, "narm", "ann")), "cpu"))
+    answers = predictor.predict([Query([1, 2, 3], 5), Query([7], 21)])
+    assert [len(a) for a in answers] == [5, 21] and all(len(set(a)) == len(a) for a in answers)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [("repeatnet", "repeatnet cannot run on runtime 'bf16'"), ("noop", "noop cannot run on runtime 'bf16'")],
+)
+def test_models_a_runtime_cannot_hold_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, message: str
+) -> None:
+    out = tmp_path / "m.pt"
+    assert main(["export", "--model", model, "--catalog-size", "50", "--runtime", "bf16", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_unknown_runtime_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "export",
+                "--model",
+                "stamp",
+                "--catalog-size",
+                "50",
+                "--runtime",
+                "tensorrt",
+                "--out",
+                str(tmp_path / "m.pt"),
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
+
+
+def test_a_damaged_ann_artifact_is_refused(tmp_path: Path) -> None:
+    path = _export(tmp_path, "stamp", "ann")
+    data = path.read_bytes()
+    index_at = data.find(b"etude-ann/index.faiss")
+    path.write_bytes(data[: index_at + 200])  # cut inside the index
+    with pytest.raises(UsageError, match="not a TorchScript model|cannot load this ann model"):
+        load_model(str(path))
+
+
+def test_microbench_reports_each_runtimes_recall(tmp_path: Path) -> None:
+    args = [
+        "microbench",
+        "--models",
+        "gru4rec,repeatnet",
+        "--catalog-sizes",
+        "500",
+        "--runtimes",
+        "jit,int8",
+        "--requests",
+        "20",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    rows = {(r["model"], r["runtime"]): float(r["recall"]) for r in csv.DictReader(open(tmp_path / "microbench.csv"))}
+    assert set(rows) == {("gru4rec", "jit"), ("gru4rec", "int8"), ("repeatnet", "jit")}  # repeatnet has no int8
+    assert rows[("gru4rec", "jit")] == 1.0 and rows[("repeatnet", "jit")] == 1.0
+    assert 0.9 <= rows[("gru4rec", "int8")] <= 1.0
