@@ -225,6 +225,7 @@ def write_csv(cells: Sequence[Cell], path: Path) -> None:
     tmp.replace(path)
 
 
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         import torch
