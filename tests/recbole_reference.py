@@ -144,6 +144,8 @@ def save_like_trainer(net: torch.nn.Module, config: Config, path: Path) -> Path:
     optimizer.step()
     optimizer.zero_grad()
     net.eval()
-    trainer = SimpleNamespace(config=config, cur_step=1, best_valid_score=0.25, model=net, optimizer=optimizer)
-    Trainer._save_checkpoint(trainer, 3, verbose=False, saved_model_file=str(path))  # type: ignore[arg-type]
+    trainer = SimpleNamespace(
+        config=config, cur_step=1, best_valid_score=0.25, model=net, optimizer=optimizer, saved_model_file=str(path)
+    )
+    Trainer._save_checkpoint(trainer, 3, verbose=False)  # type: ignore[arg-type]
     return path
