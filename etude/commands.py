@@ -6,6 +6,7 @@ Every command is an argv list that starts with `etude`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 from etude.spec import Experiment, Variant
@@ -21,11 +22,16 @@ LOADGEN_RPS_PER_POD = 2000  # one load-generator process sustains more (docs/ben
 
 
 def model_uri(exp: Experiment, variant: Variant, models_root: str) -> str:
-    """Where the variant's serialized model lives: a user's URI as is, a built-in one under `models_root`."""
+    """Where the variant's serialized model lives: a user's URI as is, a built-in or imported one under
+    `models_root` (an imported one named by its checkpoint's stem and a digest of the checkpoint's URI)."""
     if variant.model_uri is not None:
         return variant.model_uri
+    root = models_root.rstrip("/")
+    if variant.recbole is not None:
+        digest = hashlib.sha256(variant.recbole.encode()).hexdigest()[:10]
+        return f"{root}/recbole-{variant.model_label}-{digest}-{variant.runtime}.pt"
     sc = exp.scenario
-    return f"{models_root.rstrip('/')}/{variant.model}-c{sc.catalog_size}-{variant.runtime}-s{sc.seed}.pt"
+    return f"{root}/{variant.model}-c{sc.catalog_size}-{variant.runtime}-s{sc.seed}.pt"
 
 
 def run_root(exp: Experiment, results_root: str) -> str:
@@ -39,7 +45,10 @@ def results_uri(exp: Experiment, variant: Variant, results_root: str) -> str:
 
 
 def export_command(exp: Experiment, variant: Variant, out: str) -> list[str]:
-    """Export a built-in model with random weights (seeded) to `out`, unless it is there already."""
+    """Export a built-in model with random weights (seeded) to `out`, unless it is there already; or import the
+    variant's RecBole checkpoint to `out` (every run: the checkpoint may have been retrained in place)."""
+    if variant.recbole is not None:
+        return ["etude", "import-recbole", variant.recbole, "--runtime", variant.runtime, "--out", out]
     if variant.model is None:
         raise ValueError(f"variant {variant.key} serves a user model ({variant.model_uri}); nothing to export")
     sc = exp.scenario
