@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from recbole.config import Config
 from recbole.data.interaction import Interaction
+from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.trainer.trainer import Trainer
 from recbole.utils import get_model
 
@@ -78,7 +79,7 @@ class TinyDataset:
         return self.item_num if field == "item_id" else self.user_num
 
 
-def recbole_model(model: str, catalog_size: int, seed: int = 0) -> tuple[torch.nn.Module, Config]:
+def recbole_model(model: str, catalog_size: int, seed: int = 0) -> tuple[SequentialRecommender, Config]:
     """A RecBole model from its default config with random, well-separated weights (padding row 0 included)."""
     config = recbole_config(model, catalog_size)
     torch.manual_seed(seed)
@@ -102,7 +103,7 @@ def sessions(catalog_size: int, seed: int = 1) -> list[list[int]]:
     return out
 
 
-def recbole_top_k(net: torch.nn.Module, session: list[int], k: int = K) -> list[int]:
+def recbole_top_k(net: SequentialRecommender, session: list[int], k: int = K) -> list[int]:
     """RecBole's answer as contract ids: the session's last MAX_LEN items, shifted by +1 and padded with item 0
     to MAX_LEN as its data preparation does, `full_sort_predict`, padding column excluded as its evaluation does."""
     recent = [i + 1 for i in session[-MAX_LEN:]]
@@ -116,7 +117,7 @@ def recbole_top_k(net: torch.nn.Module, session: list[int], k: int = K) -> list[
     return [int(i) - 1 for i in top.indices]
 
 
-def recbole_scores(net: torch.nn.Module, session: list[int]) -> torch.Tensor:
+def recbole_scores(net: SequentialRecommender, session: list[int]) -> torch.Tensor:
     """RecBole's full_sort_predict scores [C] of the session's items in contract id order (for tie checks)."""
     recent = [i + 1 for i in session[-MAX_LEN:]]
     seq = torch.zeros(1, MAX_LEN, dtype=torch.long)
@@ -126,7 +127,7 @@ def recbole_scores(net: torch.nn.Module, session: list[int]) -> torch.Tensor:
         return net.full_sort_predict(inter)[0, 1:]
 
 
-def same_ranking(got: list[int], net: torch.nn.Module, session: list[int], k: int = K) -> bool:
+def same_ranking(got: list[int], net: SequentialRecommender, session: list[int], k: int = K) -> bool:
     """got equals RecBole's top-k, ties aside: equal lists, or equal wherever RecBole's scores are not tied."""
     want = recbole_top_k(net, session, k)
     if got == want:
@@ -136,7 +137,7 @@ def same_ranking(got: list[int], net: torch.nn.Module, session: list[int], k: in
     return len(set(got)) == k and bool(torch.allclose(s_got, s_want, rtol=1e-5, atol=1e-7))
 
 
-def save_like_trainer(net: torch.nn.Module, config: Config, path: Path) -> Path:
+def save_like_trainer(net: SequentialRecommender, config: Config, path: Path) -> Path:
     """The checkpoint exactly as RecBole's Trainer writes it: its own `_save_checkpoint`, after one Adam step."""
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     net.train()

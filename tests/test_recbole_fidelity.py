@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from recbole.model.abstract_recommender import SequentialRecommender
 from recbole_reference import RECBOLE_MODELS, K, recbole_model, same_ranking, sessions
 
 from models.export import to_torchscript
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::U
 C = 1000  # d = 6
 
 
-def builtin_with_recbole_weights(name: str, net: torch.nn.Module) -> torch.nn.Module:
+def builtin_with_recbole_weights(name: str, net: SequentialRecommender) -> torch.nn.Module:
     model = build_model(SUPPORTED[name][0], C)
     weights = rename_state_dict(name, net.state_dict())
     ours = model.state_dict()
