@@ -21,6 +21,7 @@ from test_serving import live_server, run
 
 from etude.cli import main
 from etude.errors import UsageError
+from etude.results import SUMMARY_FILE
 from models.recbole_import import import_recbole, read_checkpoint
 from serving.model import load_model
 
@@ -155,3 +156,19 @@ def test_import_to_gcs_and_if_missing(tmp_path: Path, gcs_bucket: str) -> None:
     assert main(["import-recbole", str(ckpt), "--runtime", "eager", "--out", uri]) == 0
     assert load_model(uri, "cpu").catalog_size == C
     assert import_recbole(str(ckpt), "jit", uri, if_missing=True) is False
+
+
+@pytest.mark.slow
+def test_etude_local_imports_a_recbole_variant_in_its_export_step(tmp_path: Path) -> None:
+    from test_local import Run, free_port, tiny_stack
+
+    net, config = recbole_model("STAMP", 1000)  # the tiny stack's catalog size
+    ckpt = save_like_trainer(net, config, tmp_path / "STAMP-Dec-01-2026.pth")
+    stack = tiny_stack(tmp_path, f"    - {{recbole: {ckpt}, runtime: jit, instanceType: cpu, name: trained}}")
+    out, models = tmp_path / "results", tmp_path / "models"
+    run = Run(["--stack", str(stack), "--out", str(out), "--models-dir", str(models), "--port", str(free_port()),
+               "--ramp-seconds", "2", "--hold-seconds", "1"], tmp_path)  # fmt: skip
+    assert run.finish(timeout_s=120) == 0, run.stderr + run.out
+    imported = list(models.glob("recbole-STAMP-Dec-01-2026-*-jit.pt"))
+    assert len(imported) == 1 and list(models.iterdir()) == imported
+    assert (out / "tiny" / "t1" / "trained" / SUMMARY_FILE).exists()
