@@ -242,13 +242,13 @@ class _Hyper:
         self.config = config
         self.model = model
 
-    def int(self, key: str) -> int:
+    def integer(self, key: str) -> int:
         v = self.config.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise UsageError(f"RecBole {self.model}: config {key}={v!r} is not a positive integer")
         return v
 
-    def float(self, key: str) -> float:
+    def number(self, key: str) -> float:
         v = self.config.get(key)
         try:
             return float(v)  # type: ignore[arg-type]
@@ -266,28 +266,28 @@ class _Hyper:
 def model_kwargs(recbole_model: str, config: dict[str, object]) -> dict[str, object]:
     """The built-in constructor's hyperparameters from RecBole's config (embedding size from the weights)."""
     h = _Hyper(config, recbole_model)
-    kw: dict[str, object] = {"max_session_length": h.int("MAX_ITEM_LIST_LENGTH")}
+    kw: dict[str, object] = {"max_session_length": h.integer("MAX_ITEM_LIST_LENGTH")}
     if recbole_model in ("SASRec", "GCSAN", "CORE", "LightSANs"):
         h.require("hidden_act", ("gelu",))
-        kw |= {"layers": h.int("n_layers"), "heads": h.int("n_heads"), "inner": h.int("inner_size")}
-        kw["eps"] = h.float("layer_norm_eps")
+        kw |= {"layers": h.integer("n_layers"), "heads": h.integer("n_heads"), "inner": h.integer("inner_size")}
+        kw["eps"] = h.number("layer_norm_eps")
     if recbole_model == "GRU4Rec":
-        kw |= {"hidden": h.int("hidden_size"), "layers": h.int("num_layers")}
+        kw |= {"hidden": h.integer("hidden_size"), "layers": h.integer("num_layers")}
     elif recbole_model == "NARM":
-        kw |= {"hidden": h.int("hidden_size"), "layers": h.int("n_layers")}
+        kw |= {"hidden": h.integer("hidden_size"), "layers": h.integer("n_layers")}
     elif recbole_model == "SRGNN":
-        kw["steps"] = h.int("step")
+        kw["steps"] = h.integer("step")
     elif recbole_model == "GCSAN":
-        kw |= {"steps": h.int("step"), "weight": h.float("weight")}
+        kw |= {"steps": h.integer("step"), "weight": h.number("weight")}
     elif recbole_model == "CORE":
         h.require("dnn_type", ("trm",))
     elif recbole_model == "LightSANs":
-        kw["interests"] = h.int("k_interests")
+        kw["interests"] = h.integer("k_interests")
     elif recbole_model == "SINE":
-        kw |= {"prototypes": h.int("prototype_size"), "interests": h.int("interest_size")}
-        kw |= {"tau": h.float("tau_ratio"), "eps": h.float("layer_norm_eps")}
+        kw |= {"prototypes": h.integer("prototype_size"), "interests": h.integer("interest_size")}
+        kw |= {"tau": h.number("tau_ratio"), "eps": h.number("layer_norm_eps")}
     elif recbole_model == "RepeatNet":
-        if h.int("hidden_size") != h.int("embedding_size"):
+        if h.integer("hidden_size") != h.integer("embedding_size"):
             raise UsageError("RecBole RepeatNet: hidden_size != embedding_size is not supported")
     return kw
 
