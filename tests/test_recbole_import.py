@@ -152,7 +152,7 @@ def test_a_checkpoint_saved_on_a_gpu_loads_on_the_cpu(tmp_path: Path, monkeypatc
 def test_import_to_gcs_and_if_missing(tmp_path: Path, gcs_bucket: str) -> None:
     net, config = recbole_model("NARM", C)
     ckpt = save_like_trainer(net, config, tmp_path / "narm.pth")
-    uri = f"{gcs_bucket}/models/narm.pt"
+    uri = f"gs://{gcs_bucket}/models/narm.pt"
     assert main(["import-recbole", str(ckpt), "--runtime", "eager", "--out", uri]) == 0
     assert load_model(uri, "cpu").catalog_size == C
     assert import_recbole(str(ckpt), "jit", uri, if_missing=True) is False
