@@ -83,7 +83,6 @@ _TORCH_GLOBALS = {
     ("torch._utils", "_rebuild_tensor_v3"),
     ("torch._utils", "_rebuild_parameter"),
     ("torch._utils", "_rebuild_parameter_with_state"),
-    ("torch._utils", "_rebuild_device_tensor_from_numpy"),
 }
 _TORCH_DTYPES = {"float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
 _RECBOLE_ENUMS = re.compile(r"recbole\.utils\.enum_type$")
