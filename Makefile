@@ -5,10 +5,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-$(BIN)/etude: pyproject.toml
+# RecBole, the reference of the model tests, without its dependencies (what it imports is in the test extra)
+RECBOLE := recbole==1.2.1
+
+$(BIN)/etude: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps '$(RECBOLE)'
 	touch $@
 
 setup: $(BIN)/etude

@@ -143,7 +143,7 @@ class EtudeExperiment(pulumi.ComponentResource):
             service_account=args.service_account,
             image=image,
             serve_argv=uri.apply(lambda u: serve_command(v, u)),
-            export_argv=uri.apply(lambda u: export_command(exp, v, u)) if v.model is not None else None,
+            export_argv=uri.apply(lambda u: export_command(exp, v, u)) if v.needs_export else None,
         )  # fmt: skip
         deployment = k8s.apps.v1.Deployment(f"{base}-server", metadata=metadata, spec=spec, opts=ResourceOptions(
             parent=self, depends_on=after,

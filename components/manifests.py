@@ -167,7 +167,7 @@ def server_deployment(
     if inst.gpus:
         limits[GPU_RESOURCE] = str(inst.gpus)
     init = []
-    if export_argv is not None:  # a built-in model: exported once into the bucket, skipped when it is there
+    if export_argv is not None:  # a built-in model exported (skipped when it is there) or a RecBole one imported
         init.append(core.ContainerArgs(
             name="export-model",
             image=image,

@@ -6,6 +6,7 @@ Every command is an argv list that starts with `etude`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 from etude.server_defaults import MAX_BATCH_SIZE, MAX_DELAY_MS
@@ -21,13 +22,18 @@ LOADGEN_RPS_PER_POD = 2000  # one load-generator process sustains more (docs/ben
 
 
 def model_uri(exp: Experiment, variant: Variant, models_root: str) -> str:
-    """Where the variant's serialized model lives: a user's URI as is, a built-in one under `models_root`, named
-    by everything the file depends on, the device it is exported for included (a CPU and a GPU artifact differ)."""
+    """Where the variant's serialized model lives: a user's URI as is, a built-in or imported one under
+    `models_root`, named by everything the file depends on, the device it is exported for included (a CPU and a
+    GPU artifact differ); an imported one by its checkpoint's stem and a digest of the checkpoint's URI."""
     if variant.model_uri is not None:
         return variant.model_uri
-    sc = exp.scenario
+    root = models_root.rstrip("/")
     device = variant.instance.device
-    return f"{models_root.rstrip('/')}/{variant.model}-c{sc.catalog_size}-{variant.runtime}-{device}-s{sc.seed}.pt"
+    if variant.recbole is not None:
+        digest = hashlib.sha256(variant.recbole.encode()).hexdigest()[:10]
+        return f"{root}/recbole-{variant.model_label}-{digest}-{variant.runtime}-{device}.pt"
+    sc = exp.scenario
+    return f"{root}/{variant.model}-c{sc.catalog_size}-{variant.runtime}-{device}-s{sc.seed}.pt"
 
 
 def run_root(exp: Experiment, results_root: str) -> str:
@@ -47,8 +53,12 @@ def workload_object(file_name: str, digest: str) -> str:
 
 
 def export_command(exp: Experiment, variant: Variant, out: str) -> list[str]:
-    """Export a built-in model with random weights (seeded) to `out`, unless it is there already, for the device
-    the variant serves on (the export itself runs on the CPU)."""
+    """Export a built-in model with random weights (seeded) to `out`, unless it is there already; or import the
+    variant's RecBole checkpoint to `out` (every run: the checkpoint may have been retrained in place). Either is
+    written for the device the variant serves on (the export itself runs on the CPU)."""
+    if variant.recbole is not None:
+        return ["etude", "import-recbole", variant.recbole, "--runtime", variant.runtime,
+                "--device", variant.instance.device, "--out", out]  # fmt: skip
     if variant.model is None:
         raise ValueError(f"variant {variant.key} serves a user model ({variant.model_uri}); nothing to export")
     sc = exp.scenario

@@ -287,7 +287,7 @@ class LocalRun:
         self._clear_previous(outcome.results, logs)
         uri = commands.model_uri(exp, v, self.models_dir)
         log.info("variant %s %s: %s %s on %s", position, v.key, v.model_label, v.runtime, v.instance_type)
-        if v.model is not None and not self._export(outcome, uri, logs / "export.log"):
+        if v.needs_export and not self._export(outcome, uri, logs / "export.log"):
             return
         port = pick_port(self.port)
         server_cmd = etude_argv(commands.serve_command(v, uri, host="127.0.0.1", port=port, threads=self.threads))

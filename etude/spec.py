@@ -3,7 +3,7 @@
 A use-case stack file (`Pulumi.<stack>.yaml`) holds, under the `etude` config namespace:
 
     etude:scenario:   catalogSize, targetRps, rampSeconds, holdSeconds, workload, slo, seed
-    etude:variants:   a list of {model | modelUri, runtime, instanceType, replicas, name?}
+    etude:variants:   a list of {model | modelUri | recbole, runtime, instanceType, replicas, name?}
     etude:platformStack  (optional) the `dev` stack to take the cluster and bucket from
     etude:runId          (optional) change it to re-run the measurement
     etude:sequential     (optional) measure variants one after another instead of in parallel
@@ -47,6 +47,8 @@ BUILTIN_MODELS = (
 )
 # How a model is exported and run (models/export.py, models/runtimes.py; docs/design.md, "Runtimes").
 RUNTIMES = ("eager", "jit", "aot", "bf16", "int8", "onnx", "ann")
+# Where an exported model is served: its artifact differs (models/export.py, "Devices").
+EXPORT_DEVICES = ("cpu", "cuda")
 
 
 class SpecError(UsageError, ValueError):
@@ -144,6 +146,7 @@ class Variant(ConfigModel):
 
     model: str | None = None
     model_uri: str | None = None
+    recbole: str | None = None  # a RecBole checkpoint (.pth), imported in the export step
     runtime: str = "jit"
     instance_type: str = "cpu"
     replicas: int = Field(default=1, ge=1, le=100)
@@ -170,25 +173,33 @@ class Variant(ConfigModel):
             raise ValueError(f"unknown instance type; known: {', '.join(INSTANCE_TYPES)}")
         return v
 
-    @field_validator("model_uri")
+    @field_validator("model_uri", "recbole")
     @classmethod
     def _uri(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
-            raise ValueError("modelUri is empty")
+            raise ValueError("the URI is empty")
         return v
 
     @model_validator(mode="after")
     def _one_model(self) -> Variant:
-        if (self.model is None) == (self.model_uri is None):
-            raise ValueError("give exactly one of model (a built-in name) or modelUri (a serialized model)")
+        if [self.model, self.model_uri, self.recbole].count(None) != 2:
+            raise ValueError(
+                "give exactly one of model (a built-in name), modelUri (a serialized model) "
+                "or recbole (a RecBole checkpoint)"
+            )
         return self
 
     @property
+    def needs_export(self) -> bool:
+        """A built-in model is exported, a RecBole checkpoint imported; a modelUri is served as it is."""
+        return self.model_uri is None
+
+    @property
     def model_label(self) -> str:
-        """The built-in model name, or the stem of a user's model URI."""
+        """The built-in model name, or the stem of a user's model URI or RecBole checkpoint."""
         if self.model is not None:
             return self.model
-        return Path(self.model_uri or "").stem or "custom"
+        return Path(self.model_uri or self.recbole or "").stem or "custom"
 
     @property
     def key(self) -> str:

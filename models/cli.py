@@ -1,12 +1,11 @@
-"""Verbs of this package for the `etude` command line: `export` and `microbench`."""
+"""Verbs of this package for the `etude` command line: `export`, `import-recbole` and `microbench`."""
 
 from __future__ import annotations
 
 import argparse
 
 from etude.errors import UsageError
-from etude.spec import BUILTIN_MODELS, RUNTIMES
-from models.export import EXPORT_DEVICES
+from etude.spec import BUILTIN_MODELS, EXPORT_DEVICES, RUNTIMES
 
 DEFAULT_CATALOG_SIZES = "10000,100000,1000000,10000000"
 
@@ -40,6 +39,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--if-missing", action="store_true", help="do nothing (exit 0) when --out already exists")
     p.set_defaults(func=_export)
 
+    r = sub.add_parser(
+        "import-recbole",
+        help="turn a RecBole checkpoint (.pth) into a serialized model",
+        description="Read a checkpoint as RecBole 1.2.1's Trainer saves it (GRU4Rec, NARM, STAMP, SASRec, SRGNN, "
+        "GCSAN, CORE, RepeatNet, SINE, LightSANs; no RecBole needed, nothing in the file runs) and write a "
+        "serialized model (any runtime) that meets the serialized-model contract.",
+    )
+    r.add_argument("checkpoint", help="the .pth file: path or gs://bucket/path")
+    r.add_argument("--runtime", choices=RUNTIMES, default="jit", help="default: jit")
+    r.add_argument("--device", choices=EXPORT_DEVICES, default="cpu", help="where it will be served (default: cpu)")
+    r.add_argument("--out", required=True, help="file path or gs://bucket/path")
+    r.add_argument("--if-missing", action="store_true", help="do nothing (exit 0) when --out already exists")
+    r.set_defaults(func=_import_recbole)
+
     m = sub.add_parser(
         "microbench",
         help="serial latency per model x catalog size x runtime (paper Fig. 3)",
@@ -72,6 +85,13 @@ def _export(args: argparse.Namespace) -> int:
 
     export_model(args.model, args.catalog_size, args.runtime, args.out, seed=args.seed, if_missing=args.if_missing,
                  device=args.device)
+    return 0
+
+
+def _import_recbole(args: argparse.Namespace) -> int:
+    from models.recbole_import import import_recbole
+
+    import_recbole(args.checkpoint, args.runtime, args.out, device=args.device, if_missing=args.if_missing)
     return 0
 
 

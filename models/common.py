@@ -241,9 +241,11 @@ class TransformerLayer(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    def __init__(self, *, layers: int, dim: int, heads: int, inner: int) -> None:
+    def __init__(self, *, layers: int, dim: int, heads: int, inner: int, eps: float = 1e-12) -> None:
         super().__init__()
-        self.layers = nn.ModuleList([TransformerLayer(dim=dim, heads=heads, inner=inner) for _ in range(layers)])
+        self.layers = nn.ModuleList(
+            [TransformerLayer(dim=dim, heads=heads, inner=inner, eps=eps) for _ in range(layers)]
+        )
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         for layer in self.layers:

@@ -1,5 +1,6 @@
-"""CORE (Hou et al., SIGIR 2022): a transformer weighs the session's item embeddings; the session representation
-lives in the item embedding space and is scored by cosine similarity (RecBole's `trm` encoder).
+"""CORE (Hou et al., SIGIR 2022): a transformer weighs the session's item embeddings; the session
+representation lives in the item embedding space and is scored by cosine similarity (RecBole's `trm` encoder;
+its defaults: 2 layers, 2 heads, inner size 4 d).
 
 The item norms are computed once at construction (`inv_norm`), so scoring is one pass over the raw item table
 times a per-item scale instead of normalising all C embeddings per request. The temperature only scales the
@@ -23,11 +24,22 @@ from models.common import (
 class CORE(SessionModel):
     inv_norm: Tensor  # [C + 1] buffer: 1 / the norm of each item embedding
 
-    def __init__(self, *, catalog_size: int, dim: int, layers: int = 2, heads: int = 2) -> None:
-        super().__init__(catalog_size=catalog_size, dim=dim)
-        self.position_embedding = nn.Embedding(MAX_SESSION_LENGTH, dim)
-        self.norm = nn.LayerNorm(dim, eps=1e-12)
-        self.encoder = TransformerEncoder(layers=layers, dim=dim, heads=heads_for(dim, heads), inner=4 * dim)
+    def __init__(
+        self,
+        *,
+        catalog_size: int,
+        dim: int,
+        layers: int = 2,
+        heads: int = 2,
+        inner: int = 0,
+        eps: float = 1e-12,
+        max_session_length: int = MAX_SESSION_LENGTH,
+    ) -> None:
+        super().__init__(catalog_size=catalog_size, dim=dim, max_session_length=max_session_length)
+        self.position_embedding = nn.Embedding(max_session_length, dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        inner = inner if inner > 0 else 4 * dim
+        self.encoder = TransformerEncoder(layers=layers, dim=dim, heads=heads_for(dim, heads), inner=inner, eps=eps)
         self.fn = nn.Linear(dim, 1)
         self.register_buffer("inv_norm", torch.ones(catalog_size + 1))
 

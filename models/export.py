@@ -30,13 +30,12 @@ from typing import Any
 
 from etude import storage
 from etude.errors import UsageError
-from etude.spec import RUNTIMES
+from etude.spec import EXPORT_DEVICES, RUNTIMES
 from models.runtimes import TORCHSCRIPT_RUNTIMES, artifact_kind, export_bytes, load_bytes
 
 log = logging.getLogger(__name__)
 
 CONTRACT_ATTRS = ("catalog_size", "max_session_length")
-EXPORT_DEVICES = ("cpu", "cuda")
 
 
 def to_torchscript(model: Any, runtime: str, device: str = "cpu") -> Any:

@@ -1,12 +1,15 @@
 """GC-SAN (Xu et al., IJCAI 2019): SR-GNN's gated GNN on the session graph followed by self-attention layers;
 the session representation mixes the attention output and the last click's node state (weight 0.6).
 
-The session graph is built with batched torch ops on the model's device (`common.session_graph`), not numpy.
+RecBole's defaults: 2 layers, 2 heads, inner size 4 d, one GNN step, weight 0.6. RecBole's GC-SAN GNN has no
+edge biases: they are zero here (`GNNCell.b_iah`, `b_ioh`). The session graph is built with batched torch ops on
+the model's device (`common.session_graph`), not numpy.
 """
 
 from torch import Tensor
 
 from models.common import (
+    MAX_SESSION_LENGTH,
     GNNCell,
     SessionModel,
     TransformerEncoder,
@@ -20,10 +23,23 @@ from models.common import (
 class GCSAN(SessionModel):
     weight: float
 
-    def __init__(self, *, catalog_size: int, dim: int, layers: int = 1, heads: int = 1, weight: float = 0.6) -> None:
-        super().__init__(catalog_size=catalog_size, dim=dim)
-        self.gnn = GNNCell(dim=dim)
-        self.encoder = TransformerEncoder(layers=layers, dim=dim, heads=heads_for(dim, heads), inner=4 * dim)
+    def __init__(
+        self,
+        *,
+        catalog_size: int,
+        dim: int,
+        layers: int = 2,
+        heads: int = 2,
+        inner: int = 0,
+        eps: float = 1e-12,
+        steps: int = 1,
+        weight: float = 0.6,
+        max_session_length: int = MAX_SESSION_LENGTH,
+    ) -> None:
+        super().__init__(catalog_size=catalog_size, dim=dim, max_session_length=max_session_length)
+        self.gnn = GNNCell(dim=dim, steps=steps)
+        inner = inner if inner > 0 else 4 * dim
+        self.encoder = TransformerEncoder(layers=layers, dim=dim, heads=heads_for(dim, heads), inner=inner, eps=eps)
         self.weight = weight
 
     def encode(self, seq: Tensor, lens: Tensor) -> Tensor:

@@ -8,12 +8,14 @@ device, so the scripted model handles every session structure.
 import torch
 from torch import Tensor, nn
 
-from models.common import GNNCell, SessionModel, gather_last, session_graph
+from models.common import MAX_SESSION_LENGTH, GNNCell, SessionModel, gather_last, session_graph
 
 
 class SRGNN(SessionModel):
-    def __init__(self, *, catalog_size: int, dim: int, steps: int = 1) -> None:
-        super().__init__(catalog_size=catalog_size, dim=dim)
+    def __init__(
+        self, *, catalog_size: int, dim: int, steps: int = 1, max_session_length: int = MAX_SESSION_LENGTH
+    ) -> None:
+        super().__init__(catalog_size=catalog_size, dim=dim, max_session_length=max_session_length)
         self.gnn = GNNCell(dim=dim, steps=steps)
         self.linear_one = nn.Linear(dim, dim)
         self.linear_two = nn.Linear(dim, dim)

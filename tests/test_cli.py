@@ -9,7 +9,7 @@ import pytest
 
 from etude.cli import build_parser, main
 
-CONTRACT_VERBS = {"generate", "fit", "export", "serve", "loadgen", "microbench", "local", "report"}
+CONTRACT_VERBS = {"generate", "fit", "export", "import-recbole", "serve", "loadgen", "microbench", "local", "report"}
 
 
 def test_every_contract_verb_is_registered() -> None:

@@ -49,6 +49,7 @@ OWN_MODEL = {"etude:variants": [
     {"modelUri": "gs://my-bucket/models/my-sbr.pt", "runtime": "jit", "instanceType": "cpu", "replicas": 2,
      "name": "mine"},
     {"model": "gru4rec", "instanceType": "gpu-l4"},
+    {"recbole": "gs://my-bucket/recbole/SASRec-Dec-01-2026.pth", "name": "trained"},
 ]}  # fmt: skip
 
 
@@ -290,13 +291,22 @@ def test_a_rate_beyond_one_generator_makes_an_indexed_job_with_one_shard_per_pod
 
 def test_a_users_own_model_is_served_from_its_uri_without_export() -> None:
     run, exp = mockrun.result("fashion", OWN_MODEL), experiment_of("fashion", OWN_MODEL)
-    mine, builtin = exp.variants
+    mine, builtin, trained = exp.variants
     pod = pod_spec(one(run, "fashion-mine-server"))
     assert "initContainers" not in pod
     assert pod["containers"][0]["command"] == serve_command(mine, "gs://my-bucket/models/my-sbr.pt")
     assert run["outputs"]["results"]["mine"]["replicas"] == 2
     l4 = pod_spec(one(run, f"fashion-{builtin.key}-server"))
     assert l4["nodeSelector"] == {ACCELERATOR_LABEL: "nvidia-l4"}
+    # a RecBole checkpoint: imported by the init container into the models folder, then served from there
+    pod = pod_spec(one(run, "fashion-trained-server"))
+    uri = model_uri(exp, trained, MODELS_ROOT)
+    assert uri.startswith(f"{MODELS_ROOT}/recbole-SASRec-Dec-01-2026-") and uri.endswith("-jit-cpu.pt")
+    assert [c["command"] for c in pod["initContainers"]] == [
+        ["etude", "import-recbole", "gs://my-bucket/recbole/SASRec-Dec-01-2026.pth", "--runtime", "jit",
+         "--device", "cpu", "--out", uri]
+    ]
+    assert pod["containers"][0]["command"] == serve_command(trained, uri)
 
 
 def test_kubernetes_names_are_dns_labels_and_stay_distinct() -> None:

@@ -158,9 +158,10 @@ def dense_repeatnet(model: RepeatNet, seq: torch.Tensor, lens: torch.Tensor, k: 
     items = (shifted - 1).clamp(min=0)
     one_hot = torch.nn.functional.one_hot(items, model.catalog_size).float() * (shifted > 0).unsqueeze(2)
     repeat = torch.bmm(a_r.unsqueeze(1), one_hot).squeeze(1)  # [B, C]
-    logits = query @ model.explore.weight.t()
-    logits = logits.masked_fill(one_hot.sum(1) > 0, float("-inf"))
-    prediction = p[:, 0:1] * repeat + p[:, 1:2] * torch.softmax(logits, dim=1)
+    logits = query @ model.explore.weight.t()  # [B, C + 1]: row 0 (padding) is part of the softmax, as in RecBole
+    in_session = torch.cat([torch.zeros_like(one_hot[:, 0, :1]), one_hot.sum(1)], 1) > 0
+    explore = torch.softmax(logits.masked_fill(in_session, float("-inf")), dim=1)[:, 1:]
+    prediction = p[:, 0:1] * repeat + p[:, 1:2] * explore
     return torch.topk(prediction, k, dim=1).indices
 
 

@@ -203,3 +203,20 @@ def test_command_lines_carry_the_spec() -> None:
     with pytest.raises(ValueError, match="nothing to export"):
         commands.export_command(custom, custom.variants[0], "/tmp/x.pt")
     assert commands.model_uri(custom, custom.variants[0], "gs://b/models") == "/m/x.pt"
+
+
+def test_a_recbole_checkpoint_is_a_variant_imported_in_the_export_step() -> None:
+    cfg = {**_config(), "etude:variants": [{"recbole": "/ckpt/NARM-Dec.pth", "runtime": "eager"},
+                                           {"recbole": "/other/NARM-Dec.pth"}]}  # fmt: skip
+    exp = spec_from_config("r", cfg)
+    a, b = exp.variants
+    assert a.needs_export and a.model_label == "NARM-Dec" and a.key == "narm-dec-eager-cpu"
+    uri_a, uri_b = (commands.model_uri(exp, v, "gs://b/models") for v in (a, b))
+    assert uri_a.startswith("gs://b/models/recbole-NARM-Dec-") and uri_a.endswith("-eager-cpu.pt")
+    assert uri_a.replace("-eager", "") != uri_b.replace("-jit", "")  # same stem, different checkpoints
+    assert commands.export_command(exp, a, uri_a) == [
+        "etude", "import-recbole", "/ckpt/NARM-Dec.pth", "--runtime", "eager", "--device", "cpu",
+        "--out", uri_a]  # fmt: skip
+    for bad in ({"recbole": "/c.pth", "model": "narm"}, {"recbole": "/c.pth", "modelUri": "/m.pt"}, {"recbole": " "}):
+        with pytest.raises(SpecError, match="etude:variants"):
+            spec_from_config("r", {**_config(), "etude:variants": [bad]})
