@@ -6,7 +6,7 @@ Per variant (model x runtime x instance type x replicas), as children of the com
    built-in model is exported into the bucket first by an init container (`etude export ... --if-missing`);
 2. `<name>-<variant>-service`: a ClusterIP Service in front of them;
 3. `<name>-<variant>-loadgen`: the load-generator Job, created once the servers are ready, awaited to completion
-   (timeout = ramp + hold + margin); its name carries `runId`, so a new runId runs a new Job, servers untouched;
+   (timeout = the measurement's longest duration, `etude.commands.run_duration_s`, + margin); its name carries `runId`, so a new runId runs a new Job, servers untouched;
 4. `<name>-<variant>-results`: `summary.json` read back from the bucket (`components.results`).
 
 `sequential: true` chains the variants: each variant's servers and Job wait for the previous variant's Job, so
@@ -74,7 +74,7 @@ class EtudeExperiment(pulumi.ComponentResource):
             previous = self._variant(name, args, variant, models_root, runs_root, after)
 
         self.results = Output.all(**{k: r.metrics for k, r in self.variant_results.items()})
-        self.cheapest_within_slo = self.results.apply(cheapest_within_slo)
+        self.cheapest_within_slo = self.results.apply(lambda r: cheapest_within_slo(r, exp.scenario.target_rps))
         self.results_root = runs_root.apply(lambda r: run_root(exp, r))
         self.register_outputs({
             "results": self.results,
@@ -142,9 +142,11 @@ class EtudeExperiment(pulumi.ComponentResource):
         return job
 
 
-def cheapest_within_slo(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The variant that met the SLO at the lowest monthly cost (None when none did)."""
-    met = [(r["monthlyUsd"], key) for key, r in results.items() if r and r.get("sloMet") and not r.get("partial")]
+def cheapest_within_slo(results: Mapping[str, Mapping[str, Any]], target_rps: int) -> dict[str, Any] | None:
+    """The variant whose measured capacity (`capacityRps`, docs/design.md) carries the target rate as deployed, at
+    the lowest monthly cost (None when none does)."""
+    met = [(r["monthlyUsd"], key) for key, r in results.items()
+           if r and not r.get("partial") and r.get("capacityRps") is not None and r["capacityRps"] >= target_rps]
     if not met:
         return None
     usd, key = min(met)

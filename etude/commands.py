@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 
-from etude.spec import Experiment, Variant
+from etude import sustained
+from etude.spec import Experiment, SpecError, Variant
 
 SERVER_PORT = 8080
 # The server's HTTP API (DESIGN.md): readiness, recommendations, and the number of items asked for by default.
@@ -18,6 +19,7 @@ DEFAULT_K = 21
 MAX_BATCH_SIZE = 1024  # the paper's batching settings: up to 1,024 requests, flushed every 2 ms
 MAX_DELAY_MS = 2.0
 LOADGEN_RPS_PER_POD = 2000  # one load-generator process sustains more (docs/benchmarks.md); keep headroom
+LOADGEN_TIMEOUT_S = 10.0  # the load generator's per-request timeout
 
 
 def model_uri(exp: Experiment, variant: Variant, models_root: str) -> str:
@@ -81,8 +83,32 @@ def serve_command(
 
 
 def loadgen_shards(exp: Experiment) -> int:
-    """How many load-generator processes the target rate needs."""
-    return max(1, math.ceil(exp.scenario.target_rps / LOADGEN_RPS_PER_POD))
+    """How many load-generator processes the target rate needs. A capacity search and repeats run in one process,
+    so their highest rate must fit one."""
+    sc = exp.scenario
+    if not sc.capacity.search and sc.repeats == 1:
+        return max(1, math.ceil(sc.target_rps / LOADGEN_RPS_PER_POD))
+    top = sustained.search_max_rps(sc.target_rps, sc.capacity.max_rps) if sc.capacity.search else sc.target_rps
+    if top > LOADGEN_RPS_PER_POD:
+        raise SpecError(f"etude:scenario: a capacity search or repeats run in one load-generator process, which "
+                        f"sends up to {LOADGEN_RPS_PER_POD} req/s; this one would need {top} (lower capacity.maxRps)")
+    return 1
+
+
+def run_duration_s(exp: Experiment, ramp_seconds: int | None = None, hold_seconds: int | None = None) -> int:
+    """The longest the load generator may measure for this scenario (every repeat; a search's every hold), without
+    its readiness wait: what the Kubernetes Job's timeout and `etude local` allow beyond their margins."""
+    sc = exp.scenario
+    return sustained.worst_case_seconds(
+        ramp_seconds=sc.ramp_seconds if ramp_seconds is None else ramp_seconds,
+        hold_seconds=sc.hold_seconds if hold_seconds is None else hold_seconds,
+        target_rps=sc.target_rps,
+        percentile=sc.slo.percentile,
+        timeout_s=LOADGEN_TIMEOUT_S,
+        find_capacity=sc.capacity.search,
+        max_rps=sc.capacity.max_rps,
+        repeats=sc.repeats,
+    )
 
 
 def loadgen_command(
@@ -110,6 +136,7 @@ def loadgen_command(
         "--hold-seconds", str(sc.hold_seconds if hold_seconds is None else hold_seconds),
         *sc.workload.cli_args(),
         "--seed", str(sc.seed),
+        "--arrivals", sc.arrivals,
         "--slo-ms", f"{sc.slo.latency_ms:g}",
         "--slo-percentile", f"{sc.slo.percentile:g}",
         "--stack", exp.stack,
@@ -122,6 +149,14 @@ def loadgen_command(
         "--monthly-usd", f"{exp.monthly_usd(variant):.2f}",
         "--out", out,
     ]  # fmt: skip
+    if sc.burstiness is not None:
+        argv += ["--burstiness", f"{sc.burstiness:g}"]
+    if sc.capacity.search:
+        argv += ["--find-capacity"]
+    if sc.capacity.max_rps is not None:
+        argv += ["--search-max-rps", str(sc.capacity.max_rps)]
+    if sc.repeats > 1:
+        argv += ["--repeats", str(sc.repeats)]
     if shard is not None:
         argv += ["--shard", shard]
     return argv

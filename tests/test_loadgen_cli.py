@@ -39,6 +39,7 @@ def contract_argv(
     hold: int = 1,
     shard: str | None = None,
     workload: dict[str, object] | None = None,
+    arrivals: str = "uniform",
 ) -> list[str]:
     """The command line Kubernetes and `etude local` run (etude.commands.loadgen_command), minus `etude`."""
     exp = spec_from_config(
@@ -50,6 +51,7 @@ def contract_argv(
                 "workload": workload or {"preset": "bolcom"},
                 "slo": {"latencyMs": 50, "percentile": 90},
                 "seed": 7,
+                "arrivals": arrivals,  # evenly spread slots: exact counts to assert on
             },
             "variants": [{"model": "gru4rec", "runtime": "jit", "instanceType": "cpu"}],
         },
@@ -62,11 +64,12 @@ def contract_argv(
 def test_contract_command_line_writes_a_complete_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "results" / "run"
     with ServerThread(Behaviour("ok", delay_ms=2)) as url:
-        assert main(contract_argv(url, str(out))) == 0
+        assert main(contract_argv(url, str(out), rps=100, hold=2)) == 0
     summary, requests, timeline = results.read(str(out))
     assert sorted(p.name for p in out.iterdir()) == ["requests.parquet", "summary.json", "timeline.parquet"]
     assert requests.column_names == list(REQUEST_COLUMNS) and timeline.column_names == list(TIMELINE_COLUMNS)
-    assert summary.ok == summary.requests == 40 and summary.slo_met and not summary.partial
+    assert summary.ok == summary.requests == 300 and not summary.partial
+    assert summary.slo_met and summary.capacity_rps == 100  # 200 answers in the hold: enough for a p90 verdict
     s = summary.spec
     assert (s.stack, s.model, s.runtime, s.instance_type, s.workload) == (
         "groceries-small",
@@ -75,8 +78,8 @@ def test_contract_command_line_writes_a_complete_folder(tmp_path: Path, capsys: 
         "cpu",
         {"preset": "bolcom"},
     )
-    assert s.monthly_usd is not None and s.target_rps == 20 and s.seed == 7
-    assert "40/40 ok" in capsys.readouterr().out
+    assert s.monthly_usd is not None and s.target_rps == 100 and s.seed == 7 and s.arrivals == "uniform"
+    assert "300/300 ok" in capsys.readouterr().out
 
 
 def test_clicklog_workload_and_gcs_output(tmp_path: Path, gcs_bucket: str) -> None:
@@ -200,6 +203,7 @@ def test_shards_split_rate_and_sessions_and_shard_zero_merges(tmp_path: Path) ->
 def test_shard_zero_alone_merges_partial_after_a_bounded_wait(tmp_path: Path) -> None:
     out = str(tmp_path / "run")
     with ServerThread(Behaviour("ok")) as url:
-        assert main([*contract_argv(url, out, rps=4, ramp=1, hold=0, shard="0/2"), "--merge-wait-s", "0.5"]) == 0
+        argv = [*contract_argv(url, out, rps=4, ramp=1, hold=0, shard="0/2"), "--merge-wait-s", "0.5"]
+        assert main([*argv, "--ready-timeout-s", "1"]) == 0  # it waits that long for shard 1 to be ready
     merged = results.read(out)[0]
     assert merged.partial and merged.shards == 2 and merged.requests == 2

@@ -36,7 +36,8 @@ def write_run(
     instance_type: str = "cpu",
     replicas: int = 1,
     monthly_usd: float | None = None,
-    max_rps_within_slo: float = 100.0,
+    capacity_rps: float | None = 100.0,
+    repeat_capacity_rps: list[float | None] | None = None,
     target_rps: int = 100,
     catalog_size: int = 10_000,
     slo_ms: float = 50.0,
@@ -64,11 +65,12 @@ def write_run(
         "ok": 990,
         "errors": {"503": 10},
         "held_back": 0,
-        "achieved_rps": min(max_rps_within_slo, target_rps),
+        "achieved_rps": min(capacity_rps or 0.0, target_rps),
         "latency_ms": {"p50": 5.0, "p90": 12.0, "p95": 20.0, "p99": 40.0, "max": 90.0},
         "latency_from_intended_ms": {"p50": 5.5, "p90": 13.0, "p95": 21.0, "p99": 41.0, "max": 95.0},
-        "max_rps_within_slo": max_rps_within_slo,
-        "slo_met": max_rps_within_slo >= target_rps,
+        "capacity_rps": capacity_rps,
+        "repeat_capacity_rps": repeat_capacity_rps or [],
+        "slo_met": capacity_rps is not None and capacity_rps >= target_rps,
         "shards": 1,
     }  # fmt: skip
     (folder / SUMMARY_FILE).write_text(json.dumps(summary))
@@ -86,7 +88,8 @@ def ramp_timeline(target_rps: int, seconds: int, *, slow_from_rps: float | None,
         rate = math.ceil(target_rps * (s + 1) / seconds)
         slow = slow_from_rps is not None and rate >= slow_from_rps
         values = {
-            "second": s, "target_rps": rate, "sent": rate, "completed": rate, "ok": rate, "held_back": 0,
+            "second": s, "target_rps": rate, "scheduled": rate, "sent": rate, "completed": rate, "ok": rate,
+            "held_back": 0,
             "in_flight": 1, "errors": 3 if s == errors_at else 0,
             "p50_ms": 40.0 if slow else 5.0, "p90_ms": 80.0 if slow else 10.0, "p99_ms": 120.0 if slow else 20.0,
             "slo_violated": slow or s == errors_at,
@@ -102,29 +105,29 @@ def shop(tmp_path: Path) -> Path:
     root = tmp_path / "results"
     tl = ramp_timeline(100, 10, slow_from_rps=None)
     # gru4rec: 40 rps per CPU -> 3 CPUs ($324.27); 150 rps on one T4 -> 1 T4 ($268.09): the T4 is cheaper
-    write_run(root / "shop/1/gru-cpu", variant="gru-cpu", max_rps_within_slo=40, timeline=ramp_timeline(
+    write_run(root / "shop/1/gru-cpu", variant="gru-cpu", capacity_rps=40, timeline=ramp_timeline(
         100, 10, slow_from_rps=41))
-    write_run(root / "shop/1/gru-t4", variant="gru-t4", instance_type="gpu-t4", max_rps_within_slo=150, timeline=tl)
+    write_run(root / "shop/1/gru-t4", variant="gru-t4", instance_type="gpu-t4", capacity_rps=150, timeline=tl)
     # sasrec: 2 CPU replicas carried 240 rps -> 120 per replica -> 1 CPU ($108.09); the T4 never met the SLO
-    write_run(root / "shop/1/sas-cpu", variant="sas-cpu", model="sasrec", replicas=2, max_rps_within_slo=240,
+    write_run(root / "shop/1/sas-cpu", variant="sas-cpu", model="sasrec", replicas=2, capacity_rps=240,
               timeline=tl)
     write_run(root / "shop/1/sas-t4", variant="sas-t4", model="sasrec", instance_type="gpu-t4",
-              max_rps_within_slo=0, timeline=ramp_timeline(100, 10, slow_from_rps=1))
+              capacity_rps=0, timeline=ramp_timeline(100, 10, slow_from_rps=1))
     # narm: three runs 30, 55, 200 rps -> median 55 -> 2 CPUs; a partial run does not count
     for run_id, rps in (("1", 30), ("2", 55), ("3", 200)):
         write_run(root / f"shop/{run_id}/narm-cpu", variant="narm-cpu", model="narm", run_id=run_id,
-                  max_rps_within_slo=rps)
-    write_run(root / "shop/4/narm-cpu", variant="narm-cpu", model="narm", run_id="4", max_rps_within_slo=1,
+                  capacity_rps=rps)
+    write_run(root / "shop/4/narm-cpu", variant="narm-cpu", model="narm", run_id="4", capacity_rps=1,
               partial=True)
     # core on 2 x L4 with a stack price of $500 each (monthly_usd echoes replicas x price): 50 per replica -> 2
     write_run(root / "shop/1/core-l4", variant="core-l4", model="core", instance_type="gpu-l4", replicas=2,
-              monthly_usd=1000.0, max_rps_within_slo=100)
+              monthly_usd=1000.0, capacity_rps=100)
     return root
 
 
 def test_capacity_table_has_the_known_answer(shop: Path) -> None:
     rows = capacity.capacity_rows(discover([str(shop)]).runs)
-    got = {(r.model, r.instance_type): (r.max_rps_within_slo_per_replica, r.replicas_needed, r.monthly_usd,
+    got = {(r.model, r.instance_type): (r.capacity_rps_per_replica, r.replicas_needed, r.monthly_usd,
                                         r.cheapest, r.meets_slo) for r in rows}
     assert got == {
         ("gru4rec", "cpu"): (40, 3, round(3 * CPU, 2), False, True),
@@ -180,7 +183,7 @@ def test_report_end_to_end(shop: Path, tmp_path: Path) -> None:
 
 
 def test_local_runs_are_flagged(tmp_path: Path) -> None:
-    write_run(tmp_path / "r/a", url="http://127.0.0.1:8080", max_rps_within_slo=100)
+    write_run(tmp_path / "r/a", url="http://127.0.0.1:8080", capacity_rps=100)
     out = write_report([str(tmp_path / "r")], tmp_path / "out")
     rows = list(csv.DictReader(open(out / "capacity.csv")))
     assert rows[0]["measured_on"] == "this machine"
@@ -191,7 +194,7 @@ def test_infratest_and_microbench_figures(tmp_path: Path) -> None:
     root = tmp_path / "r"
     for variant, slow in (("etude-noop", None), ("torchserve-empty", 300)):
         write_run(root / "infratest/1" / variant, stack="infratest", variant=variant, model="noop", target_rps=1000,
-                  max_rps_within_slo=1000 if slow is None else 290,
+                  capacity_rps=1000 if slow is None else 290,
                   timeline=ramp_timeline(1000, 20, slow_from_rps=slow, errors_at=15 if slow else None))
     bench = root / "bench" / "microbench.csv"
     bench.parent.mkdir(parents=True)
@@ -222,7 +225,7 @@ def test_empty_set_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_not_results_are_skipped_with_a_warning(tmp_path: Path) -> None:
     root = tmp_path / "r"
-    write_run(root / "good", max_rps_within_slo=100)
+    write_run(root / "good", capacity_rps=100)
     (root / "bad").mkdir()
     (root / "bad" / SUMMARY_FILE).write_text("not json at all")
     (root / "csv").mkdir()
@@ -256,10 +259,10 @@ def test_timeline_columns_round_trip(tmp_path: Path) -> None:
 
 def test_shard_pieces_count_once_through_their_merged_run(tmp_path: Path) -> None:
     root = tmp_path / "r"
-    write_run(root / "merged", max_rps_within_slo=100)
+    write_run(root / "merged", capacity_rps=100)
     for i in range(2):
-        write_run(root / "merged" / f"shard-{i}", shard=f"{i}/2", max_rps_within_slo=50)
+        write_run(root / "merged" / f"shard-{i}", shard=f"{i}/2", capacity_rps=50)
     write_run(root / "orphan" / "shard-1", variant="orphan", shard="1/2")
     found = discover([str(root)])
-    assert [(r.label, r.summary.max_rps_within_slo) for r in found.runs] == [("gru4rec-jit-cpu", 100)]
+    assert [(r.label, r.summary.capacity_rps) for r in found.runs] == [("gru4rec-jit-cpu", 100)]
     assert any("shard 1/2 of a run without a merged summary" in w for w in found.warnings)
