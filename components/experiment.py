@@ -6,7 +6,8 @@ Per variant (model x runtime x instance type x replicas), as children of the com
    built-in model is exported into the bucket first by an init container (`etude export ... --if-missing`);
 2. `<name>-<variant>-service`: a ClusterIP Service in front of them;
 3. `<name>-<variant>-loadgen`: the load-generator Job, created once the servers are ready, awaited to completion
-   (timeout = the measurement's longest duration, `etude.commands.run_duration_s`, + margin); its name carries `runId`, so a new runId runs a new Job, servers untouched;
+   (timeout = the measurement's longest duration, `etude.commands.run_duration_s`, + margin); its name carries
+   `runId`, so a new runId runs a new Job, servers untouched;
 4. `<name>-<variant>-results`: `summary.json` read back from the bucket (`components.results`).
 
 `sequential: true` chains the variants: each variant's servers and Job wait for the previous variant's Job, so

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 from etude import sustained
 from etude.results import Hold, RunSpec
@@ -28,7 +29,6 @@ from loadgen.refserver import md1_capacity_rps, md1_wait_cdf
 from loadgen.runner import RunConfig, Runner, client_session
 from loadgen.schedule import Arrivals
 from loadgen.search import _judge, find_capacity, knee_rps
-from conftest import free_port
 
 SERVICE_MS = 10.0
 

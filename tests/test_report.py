@@ -18,7 +18,7 @@ from etude import capacity
 from etude.catalog import INSTANCE_TYPES
 from etude.errors import UsageError
 from etude.plots import first_violation
-from etude.report import write_report
+from etude.report import verdict, write_report
 from etude.results import SUMMARY_FILE, TIMELINE_COLUMNS, TIMELINE_FILE
 from etude.resultset import discover
 
@@ -45,6 +45,7 @@ def write_run(
     partial: bool = False,
     run_id: str = "1",
     shard: str | None = None,
+    repeat: int | None = None,
     timeline: dict[str, list[float]] | None = None,
 ) -> Path:
     """A result folder; the timeline (if given) is written column by column with the contract's types."""
@@ -56,7 +57,8 @@ def write_run(
             "model": model, "runtime": runtime, "instance_type": instance_type, "replicas": replicas,
             "monthly_usd": monthly_usd, "url": url, "catalog_size": catalog_size, "target_rps": target_rps,
             "ramp_seconds": 10, "hold_seconds": 5, "workload": {"preset": "bolcom"}, "seed": 42,
-            "slo_ms": slo_ms, "slo_percentile": 90.0, "shard": shard,
+            "slo_ms": slo_ms, "slo_percentile": 90.0, "shard": shard, "repeat": repeat,
+            "repeats": max(1, len(repeat_capacity_rps or [])),
         },
         "partial": partial,
         "started_at": "2026-11-26T06:00:00Z",
@@ -266,3 +268,58 @@ def test_shard_pieces_count_once_through_their_merged_run(tmp_path: Path) -> Non
     found = discover([str(root)])
     assert [(r.label, r.summary.capacity_rps) for r in found.runs] == [("gru4rec-jit-cpu", 100)]
     assert any("shard 1/2 of a run without a merged summary" in w for w in found.warnings)
+
+
+def test_capacity_table_never_says_meets_for_a_run_that_missed_the_slo(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    write_run(root / "miss", variant="miss", capacity_rps=None)  # a plain run whose hold failed
+    write_run(root / "short", variant="short", model="narm", capacity_rps=60)  # a search: 60 < 100 on 1 replica
+    out = write_report([str(root)], tmp_path / "out")
+    table = list(csv.DictReader(open(out / "capacity.csv")))
+    md = (out / "report.md").read_text()
+    by_model = {r["model"]: r for r in table}
+    assert by_model["gru4rec"]["meets_slo"] == "False" and by_model["gru4rec"]["replicas_needed"] == ""
+    for run in discover([str(root)]).runs:
+        assert not run.summary.slo_met
+        row = next(r for r in capacity.capacity_rows([run]))
+        cell = verdict(row)
+        assert cell not in ("meets SLO", "cheapest")  # at most "... if 2 replicas scale linearly"
+    assert "| does not meet SLO |" in md and "if 2 replicas scale linearly" in md
+
+
+def test_repeats_give_median_and_spread_and_disagreement_is_flagged(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    write_run(root / "calm", variant="calm", capacity_rps=100, repeat_capacity_rps=[100, 95, 104])
+    for i, c in enumerate((100, 95, 104)):  # its pieces are not counted again
+        write_run(root / "calm" / f"repeat-{i}", variant="calm", capacity_rps=c, repeat=i)
+    write_run(root / "wild", variant="wild", model="narm", capacity_rps=100, repeat_capacity_rps=[60, 100, None])
+    rows = {r.model: r for r in capacity.capacity_rows(discover([str(root)]).runs)}
+    calm, wild = rows["gru4rec"], rows["narm"]
+    assert (calm.capacity_rps_per_replica, calm.measurements, calm.runs) == (100, 3, 1)
+    assert calm.capacity_spread == 0.09 and not calm.repeats_disagree
+    assert wild.capacity_rps_per_replica == 60 and wild.capacity_spread == round(100 / 60, 3) and wild.repeats_disagree
+    md = (write_report([str(root)], tmp_path / "out") / "report.md").read_text()
+    assert "**repeats disagree**" in md
+
+
+def test_local_rows_never_compete_with_cluster_rows_and_the_newest_run_prices(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    write_run(root / "cluster", variant="c", instance_type="gpu-t4", capacity_rps=100)
+    write_run(root / "laptop", variant="l", url="http://127.0.0.1:8080", capacity_rps=100)  # cheaper cpu, local
+    # the same cluster variant on cpu in runs 2 and 10: run 10 is the newest (numeric order), its price 0 counts
+    write_run(root / "2/cpu", variant="x", run_id="2", replicas=2, monthly_usd=500.0, capacity_rps=200)
+    write_run(root / "10/cpu", variant="x", run_id="10", replicas=1, monthly_usd=0.0, capacity_rps=100)
+    rows = capacity.capacity_rows(discover([str(root)]).runs)
+    cpu = next(r for r in rows if r.instance_type == "cpu" and r.measured_on == "cluster")
+    assert (cpu.monthly_usd_per_replica, cpu.measured_replicas, cpu.runs) == (0.0, 1, 2)
+    assert cpu.cheapest  # $0 beats the T4 among cluster rows
+    local = next(r for r in rows if r.measured_on == "this machine")
+    assert local.cheapest  # the cheapest of this machine's rows, ranked on their own
+    md = (write_report([str(root)], tmp_path / "out") / "report.md").read_text()
+    assert "Cheapest option meeting the SLO: **gru4rec (jit) on 1 x cpu, $0.00 per month**" in md
+    # sasrec: only a T4 on the cluster and a (cheaper) cpu on this machine: the cluster row is the answer
+    write_run(root / "sas-t4", variant="st", model="sasrec", instance_type="gpu-t4", capacity_rps=100)
+    write_run(root / "sas-local", variant="sl", model="sasrec", url="http://127.0.0.1:1", capacity_rps=100)
+    sas = [r for r in capacity.capacity_rows(discover([str(root)]).runs) if r.model == "sasrec"]
+    t4 = next(r for r in sas if r.measured_on == "cluster")
+    assert t4.cheapest and capacity.cheapest([r for r in sas if r.measured_on == "cluster"]) is t4
