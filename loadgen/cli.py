@@ -365,9 +365,9 @@ class SharedClock:
         wait_s = self.ready_timeout_s + MERGE_GRACE_S
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            start = self._read_ns("start.json")
-            if start is not None:
-                return start
+            shared = self._read_ns("start.json")
+            if shared is not None:
+                return shared
             time.sleep(CLOCK_POLL_S)
         raise UsageError(f"shard 0 wrote no start time to {self._uri('start.json')} within {wait_s:g} s")
 

@@ -16,7 +16,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -71,7 +71,7 @@ def requests_table(records: dict[str, np.ndarray]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=_schema(REQUEST_COLUMNS))
 
 
-def counts_table(ticks: dict[str, Sequence[int]]) -> pa.Table:
+def counts_table(ticks: Mapping[str, Sequence[int]]) -> pa.Table:
     """Per-second counters (COUNT_COLUMNS) as a table, percentiles still missing."""
     import pyarrow as pa
 

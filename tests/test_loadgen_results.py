@@ -116,7 +116,7 @@ def test_a_tick_with_held_back_sends_does_not_count_as_sustained() -> None:
 @pytest.mark.parametrize(("answers", "met"), [(200, True), (199, False)])
 def test_slo_met_at_target_with_a_clean_hold_of_enough_answers(answers: int, met: bool) -> None:
     # p90 needs 200 answers (20 of them above the percentile); a hold of fewer establishes nothing
-    run = fake_run([[5] * 100, [5] * 200, [5] * answers], [100, 200, 200])
+    run = fake_run([[5.0] * 100, [5.0] * 200, [5.0] * answers], [100, 200, 200])
     summary, _, _ = results.build(run, spec(2, 1, 200))
     assert summary.holds[0].min_answers == 200 and summary.holds[0].answers == answers
     assert summary.slo_met is met and abs(summary.achieved_rps - answers) <= 1  # by arrival second
@@ -124,7 +124,7 @@ def test_slo_met_at_target_with_a_clean_hold_of_enough_answers(answers: int, met
 
 
 def test_a_plain_run_that_misses_the_slo_has_no_capacity() -> None:
-    run = fake_run([[5] * 100, [5] * 200, [5] * 100 + [80] * 100], [100, 200, 200])
+    run = fake_run([[5.0] * 100, [5.0] * 200, [5.0] * 100 + [80.0] * 100], [100, 200, 200])
     summary, _, _ = results.build(run, spec(2, 1, 200))
     assert summary.holds[0].percentile_ms == 80 and not summary.slo_met and summary.capacity_rps is None
 
