@@ -121,7 +121,13 @@ def main() -> None:
                                  "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                                  "loadavg_start": Path("/proc/loadavg").read_text().strip(), "runs": {}}  # fmt: skip
     runs: dict[str, list[dict[str, object]]] = {}
+    report["runs"] = runs
     common = {"ramp_s": args.ramp_seconds, "hold_s": args.hold_seconds, "repeats": args.repeats}
+
+    def save() -> None:  # after every search: a run cut short keeps what it measured
+        report["loadavg_end"] = Path("/proc/loadavg").read_text().strip()
+        (args.out / "results.json").write_text(json.dumps(report, indent=2))
+
     if "refserver" in args.only:
         s, slo = SERVICE_MS / 1e3, 0.020
         report["refserver_known_rps"] = {"uniform": 1 / s, "poisson": md1_capacity_rps(s, slo, 90),
@@ -129,9 +135,11 @@ def main() -> None:
         argv = [sys.executable, "-m", "loadgen.refserver", "--port", str(PORT), "--behaviour", "fifo",
                 "--delay-ms", f"{SERVICE_MS:g}"]  # fmt: skip
         with server(argv, args.out / "refserver.log", 30) as url:
-            runs["refserver"] = [search(url, args.out / f"refserver-{a}", arrivals=a, catalog_size=10_000,
-                                        target_rps=150, slo_ms=20.0, **common) for a in ARRIVALS]  # fmt: skip
-            log.info("refserver: %s", runs["refserver"])
+            for a in ARRIVALS:
+                runs.setdefault("refserver", []).append(search(
+                    url, args.out / f"refserver-{a}", arrivals=a, catalog_size=10_000, target_rps=150, slo_ms=20.0,
+                    **common))  # fmt: skip
+                save()
     if "gru4rec" in args.only:
         args.models.mkdir(parents=True, exist_ok=True)
         model = args.models / "gru4rec-c1000000-jit.pt"
@@ -140,12 +148,12 @@ def main() -> None:
         argv = [*ETUDE, "--log-level", "WARNING", "serve", "--model-uri", str(model), "--host", "127.0.0.1",
                 "--port", str(PORT), "--threads", "1"]  # fmt: skip
         with server(argv, args.out / "gru4rec.log", 600) as url:
-            runs["gru4rec"] = [search(url, args.out / f"gru4rec-{a}", arrivals=a, catalog_size=1_000_000,
-                                      target_rps=250, slo_ms=50.0, **common) for a in ARRIVALS]  # fmt: skip
-            log.info("gru4rec: %s", runs["gru4rec"])
-    report["runs"] = runs
-    report["loadavg_end"] = Path("/proc/loadavg").read_text().strip()
-    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+            for a in ARRIVALS:
+                runs.setdefault("gru4rec", []).append(search(
+                    url, args.out / f"gru4rec-{a}", arrivals=a, catalog_size=1_000_000, target_rps=250,
+                    slo_ms=50.0, **common))  # fmt: skip
+                save()
+    save()
     print(json.dumps({k: v for k, v in report.items() if k != "lscpu"}, indent=2))
 
 

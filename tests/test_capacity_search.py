@@ -111,6 +111,19 @@ def fifo_url() -> Iterator[str]:
         proc.wait(10)
 
 
+MAX_LOAD_PER_CORE = 4.0
+
+
+def require_a_machine_that_keeps_time() -> None:
+    """These two tests time a 10 ms server to within a few ms. With more than four runnable processes per core (other
+    jobs on a shared box), both processes wait for a core for milliseconds at a time and the figures say more about
+    the machine than about the search: skip, saying so (the machine's load, not anything the search measured)."""
+    load = os.getloadavg()[0]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if load > MAX_LOAD_PER_CORE * cores:
+        pytest.skip(f"load average {load:.1f} on {cores} cores: too busy to time a 10 ms server")
+
+
 def endless() -> Iterator[list[int]]:
     while True:
         yield from ([1, 2, 3], [4], [5, 6])
@@ -148,6 +161,7 @@ def search_and_recheck(url: str, arrivals: Arrivals, spec: RunSpec, factors: tup
 
 @pytest.mark.slow
 def test_search_finds_one_over_the_service_time_under_uniform_arrivals(fifo_url: str) -> None:
+    require_a_machine_that_keeps_time()
     spec = _spec("uniform", 200, 2, slo_ms=40.0, percentile=50.0)
     found, (at, above) = search_and_recheck(fifo_url, Arrivals("uniform"), spec, (1.0, 1.2))
     assert found.capacity_rps == pytest.approx(1000 / SERVICE_MS, rel=0.05), found.holds
@@ -159,6 +173,7 @@ def test_search_finds_one_over_the_service_time_under_uniform_arrivals(fifo_url:
 
 @pytest.mark.slow
 def test_search_finds_the_md1_capacity_under_poisson_arrivals(fifo_url: str) -> None:
+    require_a_machine_that_keeps_time()
     expected = md1_capacity_rps(SERVICE_MS / 1e3, 0.040, 50.0)  # 90.0 req/s
     spec = _spec("poisson", 150, 2, slo_ms=40.0, percentile=50.0)
     found, (above,) = search_and_recheck(fifo_url, Arrivals("poisson", seed=11), spec, (1.2,))
