@@ -106,15 +106,37 @@ def search(url: str, out: Path, *, arrivals: str, catalog_size: int, target_rps:
             "loadavg_before": before, "loadavg_after": loadavg(), "command": " ".join(argv[3:])}  # fmt: skip
 
 
+def markdown(report: dict[str, object]) -> str:
+    """The table docs/benchmarks.md shows, from results.json."""
+    known = report.get("refserver_known_rps") or {}
+    assert isinstance(known, dict)
+    lines = ["| server | arrivals | capacity_rps per repeat | median | spread | known capacity | holds | wall s | "
+             "load before/after |", "|---|---|---|---|---|---|---|---|---|"]
+    runs = report["runs"]
+    assert isinstance(runs, dict)
+    for name, rows in runs.items():
+        for r in rows:
+            ref = known.get(r["arrivals"])
+            lines.append(
+                f"| {name} | {r['arrivals']} | {', '.join(str(c) for c in r['repeat_capacity_rps'])} | "
+                f"**{r['capacity_rps']}** | {r['capacity_spread']} | {'-' if ref is None else f'{ref:.1f}'} | "
+                f"{r['holds_per_repeat']} | {r['wall_s']} | {r['loadavg_before']} / {r['loadavg_after']} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--markdown", action="store_true", help="print the table of OUT/results.json and exit")
     parser.add_argument("--only", default="refserver,gru4rec")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ramp-seconds", type=int, default=10)
     parser.add_argument("--hold-seconds", type=int, default=3)
     parser.add_argument("--models", type=Path, default=Path("/tmp/bench/models"))
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads((args.out / "results.json").read_text())))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, object] = {"lscpu": subprocess.run(["lscpu"], capture_output=True, text=True).stdout,
