@@ -178,30 +178,31 @@ class Runner:
     async def start(
         self, http: aiohttp.ClientSession, start_epoch_ns: Callable[[], Awaitable[int]] | None = None
     ) -> None:
-        """Wait for the server, warm up, and start the clock: now, or at the wall-clock instant `start_epoch_ns`
-        returns (the shared start of the shards of a run)."""
+        """Wait for the server and warm up. The clock starts with the first phase, or at the wall-clock instant
+        `start_epoch_ns` returns (the shared start of the shards of a run; the first slots wait for it)."""
         cfg = self.config
         await client.wait_ready(http, cfg.base_url, cfg.ready_timeout_s)
         await client.warm_up(http, self._url, cfg.catalog_size, cfg.warmup_requests)
         self._prime()
-        if start_epoch_ns is None:
-            self._t0_ns = time.perf_counter_ns()
-            started = datetime.now(UTC)
-        else:
-            epoch_ns = await start_epoch_ns()
-            self._t0_ns = time.perf_counter_ns() + (epoch_ns - time.time_ns())
-            started = datetime.fromtimestamp(epoch_ns / NS_PER_S, UTC)
-        self._started_at = started.isoformat(timespec="milliseconds")
-        self._cpu0_ns = time.process_time_ns()
         self._http = http
         self.measuring = True
-        await self._wait_until(0)
+        if start_epoch_ns is not None:
+            epoch_ns = await start_epoch_ns()
+            self._start_clock(time.perf_counter_ns() + (epoch_ns - time.time_ns()),
+                              datetime.fromtimestamp(epoch_ns / NS_PER_S, UTC))
+
+    def _start_clock(self, t0_ns: int, started: datetime) -> None:
+        self._t0_ns = t0_ns
+        self._started_at = started.isoformat(timespec="milliseconds")
+        self._cpu0_ns = time.process_time_ns()
 
     async def phase(self, targets: Sequence[int], arrivals: Arrivals, stop_rule: StopRule | None = None) -> Phase:
         """Send `targets` (r_c per tick) from the next whole second on, then wait for the answers (the timeout; the
         grace period once stopped)."""
+        due, bounds = due_times_ns(targets, arrivals)  # before the clock starts: the first slot is due at once
+        if not self._started_at:
+            self._start_clock(time.perf_counter_ns(), datetime.now(UTC))
         first = self._next_tick
-        due, bounds = due_times_ns(targets, arrivals)
         self._rule = stop_rule
         ran, early = await self._send_schedule(first, targets, due + first * NS_PER_S, bounds)
         self._rule = None
