@@ -69,6 +69,8 @@ def run_loadgen(url: str, core: int, rate: int, ramp_s: int, hold_s: int, loop: 
         str(hold_s),
         "--preset",
         "bolcom",
+        "--arrivals",
+        "uniform",
         "--warmup-requests",
         "100",
         "--spin-us",
@@ -84,7 +86,7 @@ def run_loadgen(url: str, core: int, rate: int, ramp_s: int, hold_s: int, loop: 
         text=True,
         env={**os.environ, "ETUDE_LOADGEN_LOOP": loop},
     )
-    cpu = re.search(r"client CPU while sending: ([\d.]+) s in ([\d.]+) s", proc.stderr)
+    cpu = re.search(r"client CPU: ([\d.]+) s in ([\d.]+) s", proc.stderr)
     assert cpu, proc.stderr
     summary, requests, _ = results.read(out)
     intended = requests.column("intended_ns").to_numpy()
@@ -100,7 +102,7 @@ def run_loadgen(url: str, core: int, rate: int, ramp_s: int, hold_s: int, loop: 
         "err_p50": float(np.percentile(err_ms, 50)),
         "err_p99": float(np.percentile(err_ms, 99)),
         "err_max": float(err_ms.max()),
-        "cpu": float(cpu[1]) / float(cpu[2]),  # CPU seconds per second while sending (the runner logs it)
+        "cpu": float(cpu[1]) / float(cpu[2]),  # CPU seconds per second of the run (the runner logs it)
         "lat_p50": lat.p50 if lat else float("nan"),
         "lat_p99": lat.p99 if lat else float("nan"),
     }

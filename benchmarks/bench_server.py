@@ -167,7 +167,8 @@ def loadgen(
     shutil.rmtree(out, ignore_errors=True)
     argv = [*ETUDE, "--log-level", "WARNING", "loadgen", "--url", url, "--catalog-size", str(catalog_size),
             "--target-rps", str(target_rps), "--ramp-seconds", str(ramp_s), "--hold-seconds", str(hold_s),
-            "--preset", "bolcom", "--slo-ms", f"{slo_ms:g}", "--timeout-s", "10", "--stack", stack,
+            "--preset", "bolcom", "--arrivals", "uniform", "--slo-ms", f"{slo_ms:g}", "--timeout-s", "10",
+            "--stack", stack,
             "--variant", variant, "--model", model, "--runtime", "jit", "--instance-type", "local-2core",
             "--out", str(out)]  # fmt: skip
     log.info("open loop: %s", " ".join(argv[2:]))

@@ -6,7 +6,8 @@ Per variant (model x runtime x instance type x replicas), as children of the com
    built-in model is exported into the bucket first by an init container (`etude export ... --if-missing`);
 2. `<name>-<variant>-service`: a ClusterIP Service in front of them;
 3. `<name>-<variant>-loadgen`: the load-generator Job, created once the servers are ready, awaited to completion
-   (timeout = ramp + hold + margin); its name carries `runId`, so a new runId runs a new Job, servers untouched;
+   (timeout = the measurement's longest duration, `etude.commands.run_duration_s`, + margin); its name carries
+   `runId`, so a new runId runs a new Job, servers untouched;
 4. `<name>-<variant>-results`: `summary.json` read back from the bucket (`components.results`).
 
 A workload file given as a local path (`clicklog` or `fitted`) is uploaded once, as `<name>-workload` (a
@@ -97,7 +98,7 @@ class EtudeExperiment(pulumi.ComponentResource):
                 after = [job, scale_down]
 
         self.results = Output.all(**{k: r.metrics for k, r in self.variant_results.items()})
-        self.cheapest_within_slo = self.results.apply(cheapest_within_slo)
+        self.cheapest_within_slo = self.results.apply(lambda r: cheapest_within_slo(r, exp.scenario.target_rps))
         self.results_root = runs_root.apply(lambda r: run_root(exp, r))
         self.register_outputs({
             "results": self.results,
@@ -186,9 +187,11 @@ class EtudeExperiment(pulumi.ComponentResource):
         return job
 
 
-def cheapest_within_slo(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The variant that met the SLO at the lowest monthly cost (None when none did)."""
-    met = [(r["monthlyUsd"], key) for key, r in results.items() if r and r.get("sloMet") and not r.get("partial")]
+def cheapest_within_slo(results: Mapping[str, Mapping[str, Any]], target_rps: int) -> dict[str, Any] | None:
+    """The variant whose measured capacity (`capacityRps`, docs/design.md) carries the target rate as deployed, at
+    the lowest monthly cost (None when none does)."""
+    met = [(r["monthlyUsd"], key) for key, r in results.items()
+           if r and not r.get("partial") and r.get("capacityRps") is not None and r["capacityRps"] >= target_rps]
     if not met:
         return None
     usd, key = min(met)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pulumi_kubernetes as k8s
 from pulumi import Input
 
-from etude.commands import PING_PATH, SERVER_PORT, loadgen_shards
+from etude.commands import PING_PATH, SERVER_PORT, loadgen_shards, run_duration_s
 from etude.spec import Experiment, Variant
 
 apps = k8s.apps.v1
@@ -101,8 +101,8 @@ class VariantNames:
 
 
 def job_timeout_s(exp: Experiment) -> int:
-    """How long Pulumi waits for the load-generator Job: ramp + hold + margin."""
-    return exp.scenario.ramp_seconds + exp.scenario.hold_seconds + JOB_MARGIN_S
+    """How long Pulumi waits for the load-generator Job: the longest the measurement may take + margin."""
+    return run_duration_s(exp) + JOB_MARGIN_S
 
 
 def server_scratch(exp: Experiment) -> str:

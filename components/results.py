@@ -20,13 +20,14 @@ from etude.results import SUMMARY_FILE, Summary
 
 METRIC_KEYS = (
     "variant", "model", "runtime", "instanceType", "replicas", "monthlyUsd",
-    "p50Ms", "p90Ms", "p99Ms", "achievedRps", "maxRpsWithinSlo", "requests", "errors", "sloMet", "partial",
+    "p50Ms", "p90Ms", "p99Ms", "achievedRps", "capacityRps", "requests", "errors", "sloMet", "partial",
     "resultsUri",
 )  # fmt: skip
 
 
 def metrics_from_summary(summary: Summary, *, results_uri: str, monthly_usd: float) -> dict[str, Any]:
-    """The stack-output view of one run: latency percentiles in ms (from the actual send), rates, errors, cost."""
+    """The stack-output view of one run: latency percentiles in ms (from the actual send), rates, errors, cost.
+    `capacityRps` and `sloMet` are the summary's (docs/design.md, Capacity)."""
     lat = summary.latency_ms
     spec = summary.spec
     return {
@@ -40,7 +41,7 @@ def metrics_from_summary(summary: Summary, *, results_uri: str, monthly_usd: flo
         "p90Ms": None if lat is None else round(lat.p90, 3),
         "p99Ms": None if lat is None else round(lat.p99, 3),
         "achievedRps": round(summary.achieved_rps, 2),
-        "maxRpsWithinSlo": round(summary.max_rps_within_slo, 2),
+        "capacityRps": None if summary.capacity_rps is None else round(summary.capacity_rps, 2),
         "requests": summary.requests,
         "errors": sum(summary.errors.values()),
         "sloMet": summary.slo_met,

@@ -1,6 +1,7 @@
 """The capacity table (the paper's Table I, computed): per use case, model and instance type, how many requests per
-second one replica carries within the SLO, how many replicas the target rate needs, what that costs per month,
-and which option is the cheapest one that meets the SLO.
+second one replica sustains within the SLO (`capacity_rps`, docs/design.md; the median over runs and repeats), how
+many replicas the target rate needs, what that costs per month, and which option is the cheapest one that meets
+the SLO. Rows measured on this machine (`etude local`) and on a cluster are ranked separately.
 
 Pure functions over run summaries; no I/O besides writing the CSV.
 """
@@ -20,6 +21,7 @@ from etude.resultset import RunResult
 
 MAX_REPLICAS = 100  # the most a stack may declare (etude.spec.Variant.replicas); more counts as "does not meet"
 _PRICE_TOLERANCE_USD = 0.01
+MAX_SPREAD = 0.20  # repeats whose capacities differ by more than this fraction of their median are flagged
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,11 @@ class CapacityRow:
     runtime: str
     instance_type: str
     measured_on: str  # "this machine" (etude local) or "cluster"
-    runs: int  # complete runs this row is computed from (median across them, as the paper's repeated runs)
-    measured_replicas: int
-    max_rps_within_slo_per_replica: float
+    runs: int  # complete runs this row is computed from
+    measurements: int  # capacities the median is taken over (each repeat of each run; the paper ran three)
+    measured_replicas: int  # of the newest run
+    capacity_rps_per_replica: float  # median; a measurement without a capacity counts as 0
+    capacity_spread: float | None  # (max - min) / median of the measurements; None for one, or a median of 0
     replicas_needed: int | None  # None: the SLO is not met at any rate, or it would take more than MAX_REPLICAS
     monthly_usd_per_replica: float | None
     monthly_usd: float | None  # replicas_needed x price; None when it does not meet the SLO or has no price
@@ -61,12 +65,16 @@ class CapacityRow:
         return UseCase(self.stack, self.catalog_size, self.target_rps, self.slo_percentile, self.slo_ms)
 
     @property
+    def repeats_disagree(self) -> bool:
+        return self.capacity_spread is not None and self.capacity_spread > MAX_SPREAD
+
+    @property
     def extrapolated(self) -> bool:
         """The replica count needed was not the one measured: linear scale-out is assumed."""
         return self.replicas_needed is not None and self.replicas_needed != self.measured_replicas
 
 
-CSV_COLUMNS = [f.name for f in fields(CapacityRow)]
+CSV_COLUMNS = [f.name for f in fields(CapacityRow)] + ["repeats_disagree"]
 
 
 def replicas_needed(target_rps: float, per_replica_rps: float) -> int | None:
@@ -77,12 +85,26 @@ def replicas_needed(target_rps: float, per_replica_rps: float) -> int | None:
     return needed if needed <= MAX_REPLICAS else None
 
 
-def _price(runs: list[RunResult], instance_type: str) -> tuple[float | None, str]:
-    """Monthly USD per replica: the catalog's, unless the run echoed another (a stack's `etude:prices`)."""
+def run_order(run: RunResult) -> tuple[int, int, str]:
+    """Runs in the order they were made: numeric run ids as numbers (2 before 10), then other ids as text."""
+    run_id = run.summary.spec.run_id or ""
+    return (0, int(run_id), "") if run_id.isdigit() else (1, 0, run_id)
+
+
+def measurements(run: RunResult) -> list[float]:
+    """A run's capacities per replica: one per repeat (one for a run without repeats); none counts as 0."""
+    s = run.summary
+    values = s.repeat_capacity_rps or [s.capacity_rps]
+    return [(v or 0.0) / max(1, s.spec.replicas) for v in values]
+
+
+def _price(newest: RunResult, instance_type: str) -> tuple[float | None, str]:
+    """Monthly USD per replica: the catalog's, unless the newest run echoed another (a stack's `etude:prices`; a
+    price of 0 is a price)."""
     catalog = INSTANCE_TYPES[instance_type].monthly_usd if instance_type in INSTANCE_TYPES else None
-    echoed = [r.summary.spec.monthly_usd / r.summary.spec.replicas for r in runs if r.summary.spec.monthly_usd]
-    if echoed:
-        run_price = round(echoed[-1], 2)
+    spec = newest.summary.spec
+    if spec.monthly_usd is not None:
+        run_price = round(spec.monthly_usd / max(1, spec.replicas), 2)
         if catalog is None:
             return run_price, "run"
         if abs(run_price - catalog) > _PRICE_TOLERANCE_USD:
@@ -105,15 +127,19 @@ def capacity_rows(runs: Iterable[RunResult]) -> list[CapacityRow]:
 
     rows = []
     for (case, model, runtime, itype, where), group in sorted(groups.items(), key=lambda kv: _sort_key(kv[0])):
-        per_replica = statistics.median(r.summary.max_rps_within_slo / max(1, r.summary.spec.replicas) for r in group)
+        group.sort(key=run_order)
+        values = [v for run in group for v in measurements(run)]
+        per_replica = statistics.median(values)
+        spread = (max(values) - min(values)) / per_replica if len(values) > 1 and per_replica > 0 else None
         needed = replicas_needed(case.target_rps, per_replica)
-        price, source = _price(group, itype)
+        price, source = _price(group[-1], itype)
         rows.append(CapacityRow(
             stack=case.stack, catalog_size=case.catalog_size, target_rps=case.target_rps,
             slo_percentile=case.slo_percentile, slo_ms=case.slo_ms, model=model, runtime=runtime,
-            instance_type=itype, measured_on=where, runs=len(group),
+            instance_type=itype, measured_on=where, runs=len(group), measurements=len(values),
             measured_replicas=group[-1].summary.spec.replicas,
-            max_rps_within_slo_per_replica=round(per_replica, 3), replicas_needed=needed,
+            capacity_rps_per_replica=round(per_replica, 3),
+            capacity_spread=None if spread is None else round(spread, 3), replicas_needed=needed,
             monthly_usd_per_replica=price,
             monthly_usd=None if needed is None or price is None else round(needed * price, 2),
             price_source=source, meets_slo=needed is not None,
@@ -129,9 +155,10 @@ def _sort_key(key: tuple[UseCase, str, str, str, str]) -> tuple[object, ...]:
 
 
 def _mark_cheapest(rows: list[CapacityRow]) -> None:
-    by_model: dict[tuple[UseCase, str, str], list[CapacityRow]] = defaultdict(list)
+    """Per use case, model and runtime, among rows measured in the same place (this machine vs a cluster)."""
+    by_model: dict[tuple[UseCase, str, str, str], list[CapacityRow]] = defaultdict(list)
     for row in rows:
-        by_model[(row.use_case, row.model, row.runtime)].append(row)
+        by_model[(row.use_case, row.model, row.runtime, row.measured_on)].append(row)
     for group in by_model.values():
         best = cheapest(group)
         if best is not None:
@@ -158,6 +185,6 @@ def to_csv(rows: Iterable[CapacityRow]) -> str:
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        values = asdict(row)
+        values = {**asdict(row), "repeats_disagree": row.repeats_disagree}
         writer.writerow({k: "" if v is None else v for k, v in values.items()})
     return out.getvalue()

@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import math
 
+from etude import sustained
 from etude.server_defaults import MAX_BATCH_SIZE, MAX_DELAY_MS
-from etude.spec import Experiment, Variant
+from etude.spec import Experiment, SpecError, Variant
 
 SERVER_PORT = 8080
 # The server's HTTP API (docs/design.md, "HTTP API of the inference server"):
@@ -19,6 +20,7 @@ PING_PATH = "/ping"
 RECOMMEND_PATH = "/v1/recommend"
 DEFAULT_K = 21
 LOADGEN_RPS_PER_POD = 2000  # one load-generator process sustains more (docs/benchmarks.md); keep headroom
+LOADGEN_TIMEOUT_S = 10.0  # the load generator's per-request timeout
 
 
 def model_uri(exp: Experiment, variant: Variant, models_root: str) -> str:
@@ -101,8 +103,32 @@ def serve_command(
 
 
 def loadgen_shards(exp: Experiment) -> int:
-    """How many load-generator processes the target rate needs."""
-    return max(1, math.ceil(exp.scenario.target_rps / LOADGEN_RPS_PER_POD))
+    """How many load-generator processes the target rate needs. A capacity search and repeats run in one process,
+    so their highest rate must fit one."""
+    sc = exp.scenario
+    if not sc.capacity.search and sc.repeats == 1:
+        return max(1, math.ceil(sc.target_rps / LOADGEN_RPS_PER_POD))
+    top = sustained.search_max_rps(sc.target_rps, sc.capacity.max_rps) if sc.capacity.search else sc.target_rps
+    if top > LOADGEN_RPS_PER_POD:
+        raise SpecError(f"etude:scenario: a capacity search or repeats run in one load-generator process, which "
+                        f"sends up to {LOADGEN_RPS_PER_POD} req/s; this one would need {top} (lower capacity.maxRps)")
+    return 1
+
+
+def run_duration_s(exp: Experiment, ramp_seconds: int | None = None, hold_seconds: int | None = None) -> int:
+    """The longest the load generator may measure for this scenario (every repeat; a search's every hold), without
+    its readiness wait: what the Kubernetes Job's timeout and `etude local` allow beyond their margins."""
+    sc = exp.scenario
+    return sustained.worst_case_seconds(
+        ramp_seconds=sc.ramp_seconds if ramp_seconds is None else ramp_seconds,
+        hold_seconds=sc.hold_seconds if hold_seconds is None else hold_seconds,
+        target_rps=sc.target_rps,
+        percentile=sc.slo.percentile,
+        timeout_s=LOADGEN_TIMEOUT_S,
+        find_capacity=sc.capacity.search,
+        max_rps=sc.capacity.max_rps,
+        repeats=sc.repeats,
+    )
 
 
 def loadgen_command(
@@ -133,6 +159,7 @@ def loadgen_command(
         "--hold-seconds", str(sc.hold_seconds if hold_seconds is None else hold_seconds),
         *sc.workload.cli_args(workload_uri),
         "--seed", str(sc.seed),
+        "--arrivals", sc.arrivals,
         "--slo-ms", f"{sc.slo.latency_ms:g}",
         "--slo-percentile", f"{sc.slo.percentile:g}",
         "--stack", exp.stack,
@@ -145,6 +172,14 @@ def loadgen_command(
         "--monthly-usd", f"{exp.monthly_usd(variant):.2f}",
         "--out", out,
     ]  # fmt: skip
+    if sc.burstiness is not None:
+        argv += ["--burstiness", f"{sc.burstiness:g}"]
+    if sc.capacity.search:
+        argv += ["--find-capacity"]
+    if sc.capacity.max_rps is not None:
+        argv += ["--search-max-rps", str(sc.capacity.max_rps)]
+    if sc.repeats > 1:
+        argv += ["--repeats", str(sc.repeats)]
     if shard is not None:
         argv += ["--shard", shard]
     return argv

@@ -53,7 +53,7 @@ ITEM_TABLES = {"repeatnet": 3}
 EXPORT_TIMEOUT_S = 1800.0
 SERVER_STOP_GRACE_S = 10.0
 LOADGEN_STOP_GRACE_S = 20.0  # it waits for answers in flight, then writes its results
-RUN_MARGIN_S = 120.0  # beyond ramp + hold: the load generator's readiness check, warm-up and writing
+RUN_MARGIN_S = 120.0  # beyond the measurement's longest duration: readiness check, warm-up and writing
 LOG_EVERY_S = 5.0  # progress lines when the terminal shows no live display
 LOG_TAIL_LINES = 15
 # show(position, variant key, elapsed s, planned s, target rps, live figures): the progress display
@@ -345,7 +345,7 @@ class LocalRun:
             loadgens.append(self.children.start(name, argv, logs / f"{name}.log"))
             log.info("load generator for %s: pid %d, log %s", v.key, loadgens[-1].pid, loadgens[-1].log_path)
         planned_s = self.ramp_s + self.hold_s
-        limit_s = planned_s + RUN_MARGIN_S + self.ready_timeout_s
+        limit_s = commands.run_duration_s(self.exp, self.ramp_s, self.hold_s) + RUN_MARGIN_S + self.ready_timeout_s
         start_ns = time.perf_counter_ns()
         server_died = timed_out = False
         try:
@@ -472,6 +472,14 @@ def _live_text(live: Live) -> str:
     return f"rate {rate} rps, p90 {p90} (server, last 5 s), errors {errors}"
 
 
+def _capacity_text(s: Summary | None) -> str:
+    """The run's `capacity_rps` (docs/design.md), with the repeats' spread when there were repeats."""
+    if s is None or s.capacity_rps is None:
+        return "-"
+    text = f"{s.capacity_rps:.0f}"
+    return text if s.capacity_spread is None else f"{text} (spread {100 * s.capacity_spread:.0f} %)"
+
+
 def print_table(exp: Experiment, outcomes: Sequence[Outcome], console: Console) -> None:
     from rich.table import Table
 
@@ -479,7 +487,7 @@ def print_table(exp: Experiment, outcomes: Sequence[Outcome], console: Console) 
     table = Table(title=f"etude local: {exp.stack}, C = {sc.catalog_size:,}, target {sc.target_rps:,} rps, "
                   f"SLO p{sc.slo.percentile:g} <= {sc.slo.latency_ms:g} ms")
     for name, justify in (("variant", "left"), ("status", "left"), ("p50 ms", "right"), ("p90 ms", "right"),
-                          ("p99 ms", "right"), ("achieved rps", "right"), ("max rps within SLO", "right"),
+                          ("p99 ms", "right"), ("achieved rps", "right"), ("capacity rps", "right"),
                           ("SLO met", "center"), ("note", "left")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for o in outcomes:
@@ -490,6 +498,6 @@ def print_table(exp: Experiment, outcomes: Sequence[Outcome], console: Console) 
         if s is not None and s.partial:
             note = "partial results" + (f"; {note}" if note else "")
         table.add_row(o.variant.key, o.status, *cells, f"{s.achieved_rps:.1f}" if s else "-",
-                      f"{s.max_rps_within_slo:.0f}" if s else "-", ("yes" if s.slo_met else "no") if s else "-",
+                      _capacity_text(s), ("yes" if s.slo_met else "no") if s else "-",
                       note)
     console.print(table)

@@ -111,6 +111,10 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}" if value >= 10 else f"{value:,.2f}"
 
 
+def _rps(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
 def _usd(value: float | None) -> str:
     return "-" if value is None else f"${value:,.2f}"
 
@@ -150,23 +154,27 @@ def _capacity_section(rows: list[capacity.CapacityRow]) -> list[str]:
     if not rows:
         return md + ["No complete end-to-end runs to compute capacity from.", ""]
     md += [
-        f"Per use case and model, for each instance type: the highest rate one replica carried within the SLO "
-        f"(max rps within SLO / replicas; the median over repeated runs), the replicas the target rate needs "
-        f"(ceil(target / per replica), at most {capacity.MAX_REPLICAS}), and their monthly cost. "
-        f"**Bold** marks the cheapest option meeting the SLO for each model. Also in `{CAPACITY_FILE}`.",
+        f"Per use case and model, for each instance type: the sustained capacity of one replica (`capacity_rps` / "
+        f"replicas, the median over runs and repeats; defined in ETUDE's docs/design.md, Capacity), "
+        f"the replicas the target rate needs (ceil(target / per replica), at most {capacity.MAX_REPLICAS}) and their "
+        f"monthly cost. **Bold** marks the cheapest option meeting the SLO for each model; rows measured on this "
+        f"machine are ranked apart from cluster rows. Also in `{CAPACITY_FILE}`.",
         "",
     ]
     notes: set[str] = set()
     for case, case_rows in capacity.use_cases(rows).items():
         md += [f"### {case.stack}: C = {case.catalog_size:,} items, target {case.target_rps:,} rps, SLO {case.slo}",
                ""]
-        best = capacity.cheapest(case_rows)
+        cluster = [r for r in case_rows if r.measured_on == "cluster"]
+        best = capacity.cheapest(cluster) or capacity.cheapest(case_rows)
         if best is None:
             md += ["No measured option meets the SLO at the target rate.", ""]
         else:
-            tied = [r for r in case_rows if r.meets_slo and r.monthly_usd == best.monthly_usd]
+            tied = [r for r in case_rows if r.meets_slo and r.monthly_usd == best.monthly_usd
+                    and r.measured_on == best.measured_on]
             options = " or ".join(f"{r.model} ({r.runtime}) on {r.replicas_needed} x {r.instance_type}" for r in tied)
-            md += [f"Cheapest option meeting the SLO: **{options}, {_usd(best.monthly_usd)} per month**.", ""]
+            where = "" if best.measured_on == "cluster" else " (measured on this machine, no cluster rows)"
+            md += [f"Cheapest option meeting the SLO{where}: **{options}, {_usd(best.monthly_usd)} per month**.", ""]
         table = []
         for r in case_rows:
             cost = _usd(r.monthly_usd)
@@ -179,14 +187,20 @@ def _capacity_section(rows: list[capacity.CapacityRow]) -> list[str]:
                 notes.add("extrapolated")
             if r.measured_on == "this machine":
                 notes.add("local")
-            cells = [r.model, r.runtime, r.instance_type, r.measured_on, str(r.runs),
-                     f"{r.max_rps_within_slo_per_replica:,.1f}", needed, cost,
-                     "cheapest" if r.cheapest else ("meets SLO" if r.meets_slo else "does not meet SLO")]
+            per_replica = f"{r.capacity_rps_per_replica:,.1f}"
+            if r.capacity_spread is not None:
+                per_replica += f" (spread {100 * r.capacity_spread:.0f} %, {r.measurements} measurements)"
+            if r.repeats_disagree:
+                per_replica += " **repeats disagree**"
+                notes.add("spread")
+            cells = [r.model, r.runtime, r.instance_type, r.measured_on, str(r.runs), per_replica, needed, cost,
+                     verdict(r)]
             table.append([f"**{c}**" for c in cells] if r.cheapest else cells)
-        md += _table(["model", "runtime", "instance type", "measured on", "runs", "max rps within SLO per replica",
+        md += _table(["model", "runtime", "instance type", "measured on", "runs", "capacity per replica (rps)",
                       "replicas needed", "monthly cost", ""], table)
     md += ["Notes:", ""]
-    md += ["- The capacity is a lower bound when a run met the SLO at its target: the load never went higher."]
+    md += ["- A run without `capacity: {search: true}` only tells whether its target was sustained: its capacity is "
+           "the target when its hold met the SLO (a lower bound: the load never went higher) and none otherwise."]
     if "local" in notes:
         md += ["- Rows measured on *this machine* come from `etude local`: their cost is what the instance type "
                "would cost if it performed like the machine that ran the test, which it need not."]
@@ -194,7 +208,19 @@ def _capacity_section(rows: list[capacity.CapacityRow]) -> list[str]:
         md += ["- Where the replicas needed differ from the replicas measured, linear scale-out is assumed."]
     if "price" in notes:
         md += ["- *price from the run*: the stack set its own price (`etude:prices`), echoed in summary.json."]
+    if "spread" in notes:
+        md += [f"- *repeats disagree*: the measurements differ by more than {100 * capacity.MAX_SPREAD:.0f} % of "
+               "their median; measure again before relying on the figure."]
     return md + [""]
+
+
+def verdict(row: capacity.CapacityRow) -> str:
+    """The last cell of a capacity row. "meets SLO" only where the replicas measured carried the target."""
+    if not row.meets_slo:
+        return "does not meet SLO"
+    measured = row.replicas_needed is not None and row.replicas_needed <= row.measured_replicas
+    word = "cheapest" if row.cheapest else "meets SLO"
+    return word if measured else f"{word} if {row.replicas_needed} replicas scale linearly"
 
 
 def _runs_section(runs: list[RunResult]) -> list[str]:
@@ -209,11 +235,11 @@ def _runs_section(runs: list[RunResult]) -> list[str]:
                       f"{spec.replicas} x {spec.instance_type}",
                       f"{s.requests:,}", f"{s.ok:,}", errors, f"{s.held_back:,}", _ms(lat.p50 if lat else None),
                       _ms(lat.p90 if lat else None), _ms(lat.p99 if lat else None), f"{s.achieved_rps:,.1f}",
-                      f"{s.max_rps_within_slo:,.1f}", "yes" if s.slo_met else "no",
+                      _rps(s.capacity_rps), "yes" if s.slo_met else "no",
                       "partial" if s.partial else "complete"])
     return ["## Runs", "", "Latency in ms of ok answers, from the actual send.", ""] + _table(
         ["stack", "variant", "model", "runtime", "instances", "requests", "ok", "errors", "held back", "p50", "p90",
-         "p99", "achieved rps", "max rps within SLO", "SLO met", "run"], table)
+         "p99", "achieved rps", "capacity rps", "SLO met", "run"], table)
 
 
 def _timeline_section(runs: list[RunResult], staging: Path) -> list[str]:
@@ -256,7 +282,7 @@ def _infratest_section(runs: list[RunResult], staging: Path) -> list[str]:
         errors = sum(s.errors.values())
         p90 = _ms(s.latency_ms.p90 if s.latency_ms else None)
         md += [f"- **{run.label}**: target {s.spec.target_rps:,} rps, p90 {p90} ms, "
-               f"{errors:,} errors of {s.requests:,} requests, max rps within SLO {s.max_rps_within_slo:,.0f}."]
+               f"{errors:,} errors of {s.requests:,} requests, capacity {_rps(s.capacity_rps)} rps."]
     return md + ["", f"![infrastructure test]({name})", ""]
 
 

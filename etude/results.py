@@ -1,7 +1,9 @@
-"""The result-file contract of one load-generator run (docs/design.md), shared by loadgen, report and Pulumi outputs.
+"""The result-file contract of one load-generator run, shared by loadgen, report and Pulumi outputs; what its
+figures mean is defined in docs/design.md ("Capacity").
 
 A run folder (local or `gs://bucket/prefix`) holds `summary.json` (this module's `Summary`),
-`requests.parquet` (one row per request) and `timeline.parquet` (one row per one-second tick).
+`requests.parquet` (one row per request) and `timeline.parquet` (one row per one-second tick). A run with
+`repeats` > 1 keeps each repeat's folder under `repeat-<i>/` and puts their aggregate at the top.
 """
 
 from __future__ import annotations
@@ -26,22 +28,21 @@ REQUEST_COLUMNS = {
     "inference_ms": "float64",
     "batch_size": "int32",  # from X-Batch-Size; -1 when absent
 }
+# The per-second counters of a run (the load generator counts them, timeline.parquet stores them as int32):
+# target_rps (r_c of the tick; 0 between phases and after the schedule), scheduled (send slots the arrival process
+# put into the tick), sent, completed, ok, held_back (scheduled but not sent), in_flight (at the end of the
+# tick), errors. Sent counts by the second of the send, completed/ok/errors by the second of the answer.
+COUNT_COLUMNS = ("target_rps", "scheduled", "sent", "completed", "ok", "held_back", "in_flight", "errors")
 # timeline.parquet columns: one row per tick (second) of the run
 TIMELINE_COLUMNS = {
     "second": "int32",
-    "target_rps": "int32",
-    "sent": "int32",
-    "completed": "int32",
-    "ok": "int32",
-    "held_back": "int32",
-    "in_flight": "int32",  # at the end of the tick
-    "errors": "int32",
+    **dict.fromkeys(COUNT_COLUMNS, "int32"),
     "p50_ms": "float64",  # window percentiles of requests completed in this tick (NaN when none)
     "p90_ms": "float64",
     "p99_ms": "float64",
-    # the one per-second SLO rule (loadgen/results.py): errors, held-back sends, or the window's SLO percentile
-    # (from the intended send) above the SLO. `max_rps_within_slo` is the highest target of an answered second
-    # without it; the report marks the first second with it.
+    # the per-second rule (docs/design.md): errors, held-back sends, or the window's SLO percentile (from the
+    # intended send) above the SLO. The report marks the first such second; a capacity search's ramp uses it to
+    # find the knee. It never decides a capacity (one-second windows are too noisy).
     "slo_violated": "bool",
 }
 
@@ -87,6 +88,28 @@ class RunSpec(_Strict):
     slo_ms: float
     slo_percentile: float
     shard: str | None = None
+    arrivals: str = "uniform"  # summaries written before the arrival process was a choice had evenly spread slots
+    burstiness: float | None = None
+    arrival_seed: int | None = None
+    find_capacity: bool = False
+    search_max_rps: int | None = None
+    repeats: int = 1
+    repeat: int | None = None  # this folder is repeat i of `repeats` (under repeat-<i>/ of the run)
+
+
+class Hold(_Strict):
+    """One hold at a constant rate and its verdict (docs/design.md, "Capacity")."""
+
+    rate_rps: int
+    seconds: int
+    requests: int  # scheduled in the hold (sent or held back)
+    answers: int  # ok answers to them
+    held_back: int
+    errors: int
+    percentile_ms: float | None  # the SLO percentile of those answers, from the intended send
+    min_answers: int  # what the verdict needs
+    achieved_rps: float  # ok answers received during the hold per second
+    slo_met: bool
 
 
 class Summary(_Strict):
@@ -102,6 +125,10 @@ class Summary(_Strict):
     achieved_rps: float  # ok answers per second during the hold phase (whole run when hold is 0)
     latency_ms: Latency | None  # of ok answers, from the actual send; None when there were none
     latency_from_intended_ms: Latency | None  # of ok answers, from the intended send slot
-    max_rps_within_slo: float  # highest tick target rate with window SLO percentile <= SLO ms and no errors
-    slo_met: bool  # during the hold at target: SLO percentile <= SLO ms, no errors, nothing held back
+    slo_met: bool  # the SLO holds at the target rate (docs/design.md)
+    capacity_rps: float | None = None  # the sustained capacity (docs/design.md); None when not established
+    capacity_bracket: tuple[float | None, float | None] | None = None  # (highest met, lowest failed) held rates
+    holds: list[Hold] = Field(default_factory=list)  # every hold, in the order held
+    repeat_capacity_rps: list[float | None] = Field(default_factory=list)  # per repeat, when repeats > 1
+    capacity_spread: float | None = None  # (max - min) / median of the repeats' capacities
     shards: int = 1

@@ -168,15 +168,23 @@ def _read_local_record(uri: str, found: ResultSet) -> None:
 
 
 def _drop_shard_pieces(found: ResultSet) -> None:
-    """Per-shard summaries are parts of a merged one: keep the merged run, warn about pieces without one."""
-    merged = {(r.summary.spec.stack, r.summary.spec.run_id, r.label)
-              for r in found.runs if r.summary.spec.shard is None}
+    """Per-shard and per-repeat summaries are parts of a merged one: keep the merged run (it carries the repeats'
+    capacities), warn about pieces without one."""
+
+    def piece(run: RunResult) -> str | None:
+        spec = run.summary.spec
+        if spec.shard is not None:
+            return f"shard {spec.shard}"
+        return None if spec.repeat is None else f"repeat {spec.repeat}"
+
+    merged = {(r.summary.spec.stack, r.summary.spec.run_id, r.label) for r in found.runs if piece(r) is None}
     kept = []
     for run in found.runs:
-        if run.summary.spec.shard is None:
+        what = piece(run)
+        if what is None:
             kept.append(run)
         elif (run.summary.spec.stack, run.summary.spec.run_id, run.label) not in merged:
-            found.warn(f"skipped {run.uri}: shard {run.summary.spec.shard} of a run without a merged summary")
+            found.warn(f"skipped {run.uri}: {what} of a run without a merged summary")
     found.runs = sorted(kept, key=lambda r: (r.stack, r.summary.spec.run_id or "", r.label, r.uri))
 
 

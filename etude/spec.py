@@ -2,7 +2,8 @@
 
 A use-case stack file (`Pulumi.<stack>.yaml`) holds, under the `etude` config namespace:
 
-    etude:scenario:   catalogSize, targetRps, rampSeconds, holdSeconds, workload, slo, seed
+    etude:scenario:   catalogSize, targetRps, rampSeconds, holdSeconds, workload, slo, seed, arrivals,
+                      burstiness, repeats, capacity
     etude:variants:   a list of {model | modelUri | recbole, runtime, instanceType, replicas, name?}
     etude:platformStack  (optional) the `dev` stack to take the cluster and bucket from
     etude:runId          (optional) change it to re-run the measurement
@@ -27,6 +28,7 @@ from pydantic.alias_generators import to_camel
 
 from etude.catalog import INSTANCE_TYPES, InstanceType
 from etude.errors import UsageError
+from etude.sustained import ARRIVALS, DEFAULT_ARRIVALS
 
 NAMESPACE = "etude"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -114,6 +116,13 @@ class Slo(ConfigModel):
     latency_ms: float = Field(default=50.0, gt=0.0)
 
 
+class CapacitySearch(ConfigModel):
+    """`search: true` measures the sustained capacity (docs/design.md, Capacity) instead of only judging the target."""
+
+    search: bool = False
+    max_rps: int | None = Field(default=None, ge=1, le=1_000_000)  # default: 2 x targetRps
+
+
 class Scenario(ConfigModel):
     catalog_size: int = Field(ge=1, le=1_000_000_000)
     target_rps: int = Field(ge=1, le=1_000_000)
@@ -122,6 +131,26 @@ class Scenario(ConfigModel):
     workload: Workload = Workload(preset="bolcom")
     slo: Slo = Slo()
     seed: int = Field(default=42, ge=0)
+    arrivals: str = DEFAULT_ARRIVALS
+    burstiness: float | None = Field(default=None, gt=1.0, le=100.0)
+    repeats: int = Field(default=1, ge=1, le=20)
+    capacity: CapacitySearch = CapacitySearch()
+
+    @field_validator("arrivals")
+    @classmethod
+    def _known_arrivals(cls, v: str) -> str:
+        if v not in ARRIVALS:
+            raise ValueError(f"unknown arrival process; known: {', '.join(ARRIVALS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        if (self.arrivals == "bursty") != (self.burstiness is not None):
+            raise ValueError("burstiness (the gaps' coefficient of variation, > 1) goes with arrivals: bursty, and "
+                             "bursty needs it")
+        if self.capacity.max_rps is not None and not self.capacity.search:
+            raise ValueError("capacity.maxRps goes with capacity.search: true")
+        return self
 
     @property
     def embedding_dim(self) -> int:

@@ -70,8 +70,8 @@ def mock_summary(exp: Experiment, key: str) -> Summary:
         achieved_rps=float(sc.target_rps) - index,
         latency_ms=lat,
         latency_from_intended_ms=lat,
-        max_rps_within_slo=float(sc.target_rps) - 2 * index,
         slo_met=index % 2 == 0,  # alternating, so that the cheapest-within-SLO choice is exercised
+        capacity_rps=float(sc.target_rps) if index % 2 == 0 else float(sc.target_rps) - 2 * index,
     )
 
 

@@ -4,7 +4,14 @@ A raw-asyncio HTTP/1.1 responder (keep-alive, Content-Length bodies) that speaks
 (`GET /ping`, `POST /v1/recommend`) with a chosen behaviour: answer after a fixed delay, stall, answer garbage,
 answer 503, never become ready. It records the sessions it was sent when asked to (order checks in tests).
 
+`fifo` is a server of known capacity: one worker serves the requests one at a time, first come first served, each
+for exactly `--delay-ms` (a D service time). Its completion times are computed exactly (start = max(arrival, the
+previous completion), completion = start + service) and a thread writes each answer at its completion, so timer
+slack never adds up: it carries 1 / service time under evenly spread arrivals and behaves as an M/D/1 queue under
+Poisson arrivals. Run it in its own process for measurements (in a thread it shares the GIL with the client).
+
     python -m loadgen.refserver --port 8099 --behaviour ok --delay-ms 0
+    python -m loadgen.refserver --port 8099 --behaviour fifo --delay-ms 5
 """
 
 from __future__ import annotations
@@ -13,13 +20,16 @@ import argparse
 import asyncio
 import json
 import logging
+import math
+import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
-BEHAVIOURS = ("ok", "stall", "not_json", "wrong_json", "not_http", "http_503", "never_ready")
+BEHAVIOURS = ("ok", "fifo", "stall", "not_json", "wrong_json", "not_http", "http_503", "never_ready")
 ITEMS = json.dumps({"items": list(range(21))}).encode()
 
 
@@ -32,6 +42,38 @@ class Behaviour:
     requests: int = 0
     max_concurrent: int = 0  # most requests received and not yet answered (nor given up by the client) at once
     _open: int = 0
+    _fifo: _Fifo | None = None
+
+
+class _Fifo:
+    """The single worker of `fifo`: exact completion times, answers written by a thread when they are due."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, service_s: float) -> None:
+        self.loop = loop
+        self.service_s = service_s
+        self.busy_until = 0.0
+        self.due: queue.SimpleQueue[tuple[float, Callable[[], None]] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._work, daemon=True)
+        self.thread.start()
+
+    def submit(self, answer: Callable[[], None]) -> None:
+        start = max(time.perf_counter(), self.busy_until)
+        self.busy_until = start + self.service_s
+        self.due.put((self.busy_until, answer))
+
+    def _work(self) -> None:
+        while (item := self.due.get()) is not None:
+            done_at, answer = item
+            left = done_at - time.perf_counter()
+            if left > 0:
+                time.sleep(left)
+            try:
+                self.loop.call_soon_threadsafe(answer)
+            except RuntimeError:  # the loop closed
+                return
+
+    def close(self) -> None:
+        self.due.put(None)
 
 
 def _response(status: str, body: bytes, extra: bytes = b"") -> bytes:
@@ -103,7 +145,9 @@ class _Protocol(asyncio.Protocol):
         if b.kind == "stall":
             return
         answer = ANSWERS.get(b.kind, ANSWERS["ok"])
-        if b.delay_ms > 0:
+        if b._fifo is not None:
+            b._fifo.submit(lambda: self._answer(answer))
+        elif b.delay_ms > 0:
             asyncio.get_running_loop().call_later(b.delay_ms / 1e3, self._answer, answer)
         else:
             self._answer(answer)
@@ -125,6 +169,10 @@ class _Protocol(asyncio.Protocol):
 
 async def start(behaviour: Behaviour, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
     loop = asyncio.get_running_loop()
+    if behaviour.kind == "fifo":
+        if behaviour.delay_ms <= 0:
+            raise ValueError("fifo needs a service time: delay_ms > 0")
+        behaviour._fifo = _Fifo(loop, behaviour.delay_ms / 1e3)
     return await loop.create_server(lambda: _Protocol(behaviour), host, port, backlog=4096)
 
 
@@ -152,6 +200,8 @@ class ServerThread:
         async def stop() -> None:
             assert self._server is not None
             self._server.close()
+            if self.behaviour._fifo is not None:
+                self.behaviour._fifo.close()
             for task in asyncio.all_tasks():
                 if task is not asyncio.current_task():
                     task.cancel()
@@ -162,11 +212,39 @@ class ServerThread:
         self._loop.close()
 
 
+def md1_wait_cdf(rate_rps: float, service_s: float, t_s: float) -> float:
+    """P(wait <= t) in an M/D/1 queue (Poisson arrivals at `rate_rps`, service time `service_s`, one FIFO worker):
+    Erlang's formula, (1 - rho) sum_{k=0}^{floor(t/D)} (lam (kD - t))^k / k! e^{-lam (kD - t)}."""
+    rho = rate_rps * service_s
+    if rho >= 1:
+        return 0.0
+    if t_s < 0:
+        return 0.0
+    terms = range(int(t_s / service_s + 1e-9) + 1)
+    return (1 - rho) * math.fsum(
+        (rate_rps * (k * service_s - t_s)) ** k / math.factorial(k) * math.exp(-rate_rps * (k * service_s - t_s))
+        for k in terms
+    )
+
+
+def md1_capacity_rps(service_s: float, slo_s: float, percentile: float) -> float:
+    """The highest Poisson rate at which the `percentile` of the time in system (wait + service) of the `fifo`
+    server is within `slo_s`: its known capacity under Poisson arrivals (bisection on `md1_wait_cdf`)."""
+    lo, hi = 0.0, 1 / service_s
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if md1_wait_cdf(mid, service_s, slo_s - service_s) >= percentile / 100:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--behaviour", choices=BEHAVIOURS, default="ok")
-    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="answer delay; fifo: the service time")
     args = parser.parse_args()
 
     async def serve() -> None:

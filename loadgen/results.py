@@ -1,18 +1,9 @@
 """Result folders of a load-generator run (contract: etude/results.py, docs/design.md): building, writing, merging.
 
-Definitions (also in docs/benchmarks.md and the README):
-- Percentiles are nearest-rank (`numpy.percentile(method="inverted_cdf")`): p90 <= X means at least 90 % of the
-  answers took X or less.
-- Summary `latency_ms` / `latency_from_intended_ms`: ok answers of the whole run, from the actual send / from the
-  intended send slot. The timeline's window percentiles and every SLO judgement use latency from the intended slot
-  (what a user would have seen; equal to the former while the generator keeps its schedule).
-- A tick "sustains" its target rate when the answers completed in that tick's one-second window include at least
-  one ok, no errors, nothing was held back in it, and their SLO percentile is <= the SLO. `max_rps_within_slo`
-  is the highest target rate of such a tick (0 when none).
-- `slo_met`: over the requests whose slot lies in the hold phase (with no hold: the last ramp tick, at target):
-  at least one ok, no errors, nothing held back, SLO percentile <= SLO.
-- `achieved_rps`: ok answers received during the hold phase per second (with no hold: during the whole schedule;
-  of a run stopped early: during the part of that window that ran).
+What the figures mean (percentiles, the per-second rule, a hold's verdict, `slo_met`, `capacity_rps`,
+`achieved_rps`) is defined once, in docs/design.md ("Capacity"); the pure functions below compute exactly that:
+`answers` (the ok answers' latencies), `windows` (the timeline's per-second percentiles and rule), `judge_hold`
+(one hold's figures and verdict) and `achieved_rps`, put together by `summarize`.
 
 A folder is written file by file (each atomically), `summary.json` last and any stale one removed first, so a
 reader that sees `summary.json` sees a complete folder.
@@ -26,21 +17,25 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from etude import storage
 from etude.results import (
+    COUNT_COLUMNS,
     REQUEST_COLUMNS,
     REQUESTS_FILE,
     SUMMARY_FILE,
     TIMELINE_COLUMNS,
     TIMELINE_FILE,
+    Hold,
     Latency,
     RunSpec,
     Summary,
 )
+from etude.sustained import min_answers
 from loadgen import client
 from loadgen.schedule import NS_PER_S, is_hold_tick
 
@@ -52,7 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COUNT_COLUMNS = ("target_rps", "sent", "completed", "ok", "held_back", "in_flight", "errors")
 OK_STATUS = str(client.OK)
 
 
@@ -78,7 +72,7 @@ def requests_table(records: dict[str, np.ndarray]) -> pa.Table:
 
 
 def counts_table(ticks: Mapping[str, Sequence[int]]) -> pa.Table:
-    """Per-second counters (TICK_COUNTERS of the runner) as a table, percentiles still missing."""
+    """Per-second counters (COUNT_COLUMNS) as a table, percentiles still missing."""
     import pyarrow as pa
 
     n = max(len(v) for v in ticks.values())
@@ -99,6 +93,108 @@ def _latency(values_ms: np.ndarray) -> Latency | None:
     return Latency(**{f"p{q}": percentile(values_ms, q) for q in (50, 90, 95, 99)}, max=float(values_ms.max()))
 
 
+@dataclass(frozen=True)
+class Answers:
+    """The requests of a run as arrays: every request's intended tick and status; the ok answers' latencies."""
+
+    intended_ns: np.ndarray
+    received_ns: np.ndarray
+    ok: np.ndarray  # bool per request
+    from_sent_ms: np.ndarray  # ok answers only, in request order
+    from_intended_ms: np.ndarray
+    done_tick: np.ndarray  # the second each ok answer arrived in
+
+
+def answers(requests: pa.Table) -> Answers:
+    import pyarrow.compute as pc
+
+    ok = pc.equal(requests.column("status"), OK_STATUS).to_numpy(zero_copy_only=False)
+    intended = requests.column("intended_ns").to_numpy()
+    sent = requests.column("sent_ns").to_numpy()
+    received = requests.column("received_ns").to_numpy()
+    return Answers(intended, received, ok, (received[ok] - sent[ok]) / 1e6, (received[ok] - intended[ok]) / 1e6,
+                   received[ok] // NS_PER_S)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Per second: percentiles of the ok answers completed in it (from the intended send) and the per-second rule."""
+
+    percentiles_ms: dict[str, list[float]]  # p50_ms, p90_ms, p99_ms
+    violated: list[bool]
+
+
+def windows(ans: Answers, counts: pa.Table, spec: RunSpec) -> Windows:
+    import numpy as np
+
+    n_ticks = counts.num_rows
+    errors = counts.column("errors").to_numpy()
+    held = counts.column("held_back").to_numpy()
+    order = np.argsort(ans.done_tick, kind="stable")
+    bounds = np.searchsorted(ans.done_tick[order], np.arange(n_ticks + 1))
+    window: dict[str, list[float]] = {"p50_ms": [], "p90_ms": [], "p99_ms": []}
+    violated: list[bool] = []
+    for tick in range(n_ticks):
+        lat = ans.from_intended_ms[order[bounds[tick] : bounds[tick + 1]]]
+        for q, name in ((50, "p50_ms"), (90, "p90_ms"), (99, "p99_ms")):
+            window[name].append(percentile(lat, q))
+        too_slow = bool(len(lat)) and percentile(lat, spec.slo_percentile) > spec.slo_ms
+        violated.append(bool(errors[tick] or held[tick] or too_slow))
+    return Windows(window, violated)
+
+
+def achieved_rps(ans: Answers, lo_s: int, hi_s: int) -> float:
+    """Ok answers received in seconds [lo_s, hi_s) of the run, per second (0 for an empty window)."""
+    import numpy as np
+
+    if hi_s <= lo_s:
+        return 0.0
+    return float(np.count_nonzero((ans.done_tick >= lo_s) & (ans.done_tick < hi_s))) / (hi_s - lo_s)
+
+
+def judge_hold(ans: Answers, counts: pa.Table, spec: RunSpec, first_tick: int, ticks: int, rate_rps: int) -> Hold:
+    """The figures and the verdict of the requests scheduled in ticks [first_tick, first_tick + ticks)."""
+    import numpy as np
+
+    tick = ans.intended_ns // NS_PER_S
+    in_hold = (tick >= first_tick) & (tick < first_tick + ticks)
+    ok = in_hold & ans.ok
+    latency_ms = (ans.received_ns[ok] - ans.intended_ns[ok]) / 1e6
+    held = int(counts.column("held_back").to_numpy()[first_tick : first_tick + ticks].sum())
+    errors = int(np.count_nonzero(in_hold & ~ans.ok))
+    need = min_answers(spec.slo_percentile)
+    pct = percentile(latency_ms, spec.slo_percentile) if len(latency_ms) else None
+    met = bool(len(latency_ms) >= need and not errors and not held and pct is not None and pct <= spec.slo_ms)
+    return Hold(rate_rps=rate_rps, seconds=ticks, requests=int(np.count_nonzero(in_hold)) + held,
+                answers=len(latency_ms), held_back=held, errors=errors,
+                percentile_ms=None if pct is None else round(pct, 3), min_answers=need,
+                achieved_rps=round(achieved_rps(ans, first_tick, first_tick + ticks), 3), slo_met=met)
+
+
+@dataclass(frozen=True)
+class Search:
+    """A capacity search's outcome, for `summarize`: the holds as held and what they bracket."""
+
+    holds: list[Hold] = field(default_factory=list)
+    capacity_rps: float | None = None
+    bracket: tuple[float | None, float | None] = (None, None)
+
+
+def plain_hold(ans: Answers, counts: pa.Table, spec: RunSpec) -> Hold:
+    """A plain run's hold: the hold phase at the target (no hold: the last ramp tick, at the target)."""
+    import numpy as np
+
+    target = counts.column("target_rps").to_numpy()
+    hold_ticks = [t for t in range(counts.num_rows)
+                  if target[t] and is_hold_tick(t, spec.ramp_seconds, spec.hold_seconds)]  # as far as it ran
+    first = hold_ticks[0] if hold_ticks else spec.ramp_seconds + spec.hold_seconds
+    hold = judge_hold(ans, counts, spec, first, len(hold_ticks), spec.target_rps)
+    if spec.hold_seconds == 0:  # no hold: achieved over the whole schedule, as far as it ran
+        scheduled_s = int(np.count_nonzero(target))
+        hold = hold.model_copy(update={"achieved_rps": round(achieved_rps(ans, 0, scheduled_s), 3)})
+    return hold
+
+
 def summarize(
     requests: pa.Table,
     counts: pa.Table,
@@ -108,64 +204,32 @@ def summarize(
     duration_s: float,
     partial: bool,
     shards: int = 1,
+    search: Search | None = None,
 ) -> tuple[Summary, pa.Table]:
-    """The summary and the full timeline (counts + window percentiles) of a run or of merged shards."""
-    import numpy as np
+    """The summary and the full timeline (counts + window percentiles) of a run, merged shards or a search."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    status = requests.column("status")
-    ok = pc.equal(status, OK_STATUS).to_numpy(zero_copy_only=False)
-    intended = requests.column("intended_ns").to_numpy()
-    sent = requests.column("sent_ns").to_numpy()
-    received = requests.column("received_ns").to_numpy()
-    from_sent_ms = (received[ok] - sent[ok]) / 1e6
-    from_intended_ms = (received[ok] - intended[ok]) / 1e6
-    done_tick = received[ok] // NS_PER_S
-
-    n_ticks = counts.num_rows
-    tick_ok = counts.column("ok").to_numpy()
-    tick_err = counts.column("errors").to_numpy()
-    tick_held = counts.column("held_back").to_numpy()
-    tick_target = counts.column("target_rps").to_numpy()
-    window: dict[str, list[float]] = {"p50_ms": [], "p90_ms": [], "p99_ms": []}
-    order = np.argsort(done_tick, kind="stable")
-    bounds = np.searchsorted(done_tick[order], np.arange(n_ticks + 1))
-    max_rps = 0.0
-    violated: list[bool] = []
-    for tick in range(n_ticks):
-        lat = from_intended_ms[order[bounds[tick] : bounds[tick + 1]]]
-        for q, name in ((50, "p50_ms"), (90, "p90_ms"), (99, "p99_ms")):
-            window[name].append(percentile(lat, q))
-        too_slow = bool(len(lat)) and percentile(lat, spec.slo_percentile) > spec.slo_ms
-        violated.append(bool(tick_err[tick] or tick_held[tick] or too_slow))
-        if len(lat) and tick_ok[tick] and not violated[-1]:
-            max_rps = max(max_rps, float(tick_target[tick]))
+    ans = answers(requests)
+    win = windows(ans, counts, spec)
     timeline = counts
-    for name, values in window.items():
+    for name, values in win.percentiles_ms.items():
         timeline = timeline.append_column(name, pa.array(values, pa.float64()))
-    timeline = timeline.append_column("slo_violated", pa.array(violated, pa.bool_()))
+    timeline = timeline.append_column("slo_violated", pa.array(win.violated, pa.bool_()))
     timeline = timeline.select(list(TIMELINE_COLUMNS)).cast(_schema(TIMELINE_COLUMNS))
 
-    hold_ticks = [t for t in range(n_ticks) if is_hold_tick(t, spec.ramp_seconds, spec.hold_seconds)]
-    in_hold = np.isin(intended // NS_PER_S, hold_ticks)
-    hold_lat = (received[in_hold & ok] - intended[in_hold & ok]) / 1e6
-    slo_met = bool(
-        len(hold_lat)
-        and not np.any(in_hold & ~ok)
-        and not tick_held[hold_ticks].sum()
-        and percentile(hold_lat, spec.slo_percentile) <= spec.slo_ms
-    )
-    if spec.hold_seconds:
-        lo_s, window_s = spec.ramp_seconds, spec.hold_seconds
+    if search is None:
+        hold = plain_hold(ans, counts, spec)
+        holds, capacity = [hold], (float(spec.target_rps) if hold.slo_met else None)
+        bracket: tuple[float | None, float | None] = (capacity, None if hold.slo_met else float(spec.target_rps))
+        achieved, slo_met = hold.achieved_rps, hold.slo_met
     else:
-        lo_s, window_s = 0, spec.ramp_seconds
-    ok_received_s = received[ok] / NS_PER_S
-    scheduled_s = int(np.count_nonzero(tick_target))  # fewer than ramp + hold when the run was stopped early
-    hi_s = min(lo_s + window_s, scheduled_s)
-    in_window = (ok_received_s >= lo_s) & (ok_received_s < hi_s)
-    achieved = float(np.count_nonzero(in_window)) / (hi_s - lo_s) if hi_s > lo_s else 0.0
+        holds, capacity, bracket = search.holds, search.capacity_rps, search.bracket
+        at = [h for h in holds if capacity is not None and h.rate_rps == capacity and h.slo_met]
+        achieved = at[-1].achieved_rps if at else 0.0
+        slo_met = capacity is not None and capacity >= spec.target_rps
 
+    status = requests.column("status")
     errors = pc.value_counts(pc.filter(status, pc.invert(pc.equal(status, OK_STATUS)))).to_pylist()
     summary = Summary(
         spec=spec,
@@ -173,21 +237,23 @@ def summarize(
         started_at=started_at,
         duration_s=round(duration_s, 3),
         requests=requests.num_rows,
-        ok=int(ok.sum()),
+        ok=int(ans.ok.sum()),
         errors={e["values"]: e["counts"] for e in sorted(errors, key=lambda e: str(e["values"]))},
-        held_back=int(tick_held.sum()),
-        achieved_rps=round(achieved, 3),
-        latency_ms=_latency(from_sent_ms),
-        latency_from_intended_ms=_latency(from_intended_ms),
-        max_rps_within_slo=max_rps,
-        slo_met=slo_met,
+        held_back=int(counts.column("held_back").to_numpy().sum()),
+        achieved_rps=achieved,
+        latency_ms=_latency(ans.from_sent_ms),
+        latency_from_intended_ms=_latency(ans.from_intended_ms),
+        slo_met=slo_met and not partial,
+        capacity_rps=None if partial else capacity,
+        capacity_bracket=bracket,
+        holds=holds,
         shards=shards,
     )
     return summary, timeline
 
 
-def build(result: RunResult, spec: RunSpec) -> tuple[Summary, pa.Table, pa.Table]:
-    """Summary, requests and timeline tables of one runner result."""
+def build(result: RunResult, spec: RunSpec, search: Search | None = None) -> tuple[Summary, pa.Table, pa.Table]:
+    """Summary, requests and timeline tables of one runner result (of a capacity search when `search` is given)."""
     requests = requests_table(result.records)
     summary, timeline = summarize(
         requests,
@@ -196,8 +262,51 @@ def build(result: RunResult, spec: RunSpec) -> tuple[Summary, pa.Table, pa.Table
         started_at=result.started_at,
         duration_s=result.duration_s,
         partial=result.partial,
+        search=search,
     )
     return summary, requests, timeline
+
+
+def repeat_dir(out: str, repeat: int) -> str:
+    return storage.join(out, f"repeat-{repeat}")
+
+
+def aggregate_repeats(spec: RunSpec, summaries: Sequence[Summary]) -> tuple[Summary, int]:
+    """The top-level summary of repeated measurements, and which repeat it takes its other figures from (the one
+    whose capacity is nearest the median, the first on a tie). A repeat without a capacity counts as 0 rps."""
+    import statistics
+
+    values = [s.capacity_rps for s in summaries]
+    counted = [v or 0.0 for v in values]
+    median = statistics.median(counted)
+    middle = min(range(len(counted)), key=lambda i: (abs(counted[i] - median), i))
+    spread = (max(counted) - min(counted)) / median if median > 0 else None
+    base = summaries[middle]
+    partial = any(s.partial for s in summaries)
+    summary = base.model_copy(update={
+        "spec": spec,
+        "partial": partial,
+        "capacity_rps": None if partial or median <= 0 else median,
+        "slo_met": not partial and median >= spec.target_rps,
+        "repeat_capacity_rps": values,
+        "capacity_spread": None if spread is None else round(spread, 4),
+        "duration_s": round(sum(s.duration_s for s in summaries), 3),
+        "requests": sum(s.requests for s in summaries),
+    })  # fmt: skip
+    return summary, middle
+
+
+def write_repeats(out: str, spec: RunSpec, summaries: Sequence[Summary]) -> Summary:
+    """Write the aggregate of the repeats at `out` (summary.json, and the timeline of the repeat it takes its other
+    figures from); each repeat's own folder stays under repeat-<i>/."""
+    import pyarrow.parquet as pq
+
+    summary, middle = aggregate_repeats(spec, summaries)
+    timeline = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(repeat_dir(out, middle), TIMELINE_FILE))))
+    storage.delete(storage.join(out, SUMMARY_FILE))
+    storage.write_bytes(storage.join(out, TIMELINE_FILE), _parquet_bytes(timeline))
+    storage.write_bytes(storage.join(out, SUMMARY_FILE), summary.model_dump_json(indent=2).encode())
+    return summary
 
 
 # -- writing and reading -------------------------------------------------------------------------------------

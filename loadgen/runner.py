@@ -1,12 +1,16 @@
 """The backpressure-aware load generator (paper Algorithm 2), with what the original gets wrong fixed.
 
-One sender coroutine walks the schedule (loadgen/schedule.py): tick k has r_c evenly spread send slots. Before
-each slot it waits until the slot is due; while the number of pending requests p >= r_c it waits in 1 ms steps
-(backpressure); slots the tick runs out of are counted as held back, never dropped silently. Each send is a task
-in a set bounded by r_c (in flight never exceeds r_c). Sessions are replayed in order: a session's next click is
-sent only after the answer to its previous click arrived, and each request carries the session so far (most
-recent last; only the `max_items` most recent clicks when that is set). Every request keeps its intended slot,
-actual send and receive times (wrk2's fix for coordinated omission), its status and the server's timing headers.
+One sender coroutine walks the schedule (loadgen/schedule.py): tick k has r_c as its target rate and the send
+slots the arrival process put into it. Before each slot it waits until the slot is due; while the number of
+pending requests p >= r_c it waits in 1 ms steps (backpressure); slots the tick runs out of are counted as held
+back, never dropped silently. Each send is a task in a set bounded by r_c (in flight never exceeds r_c). Sessions
+are replayed in order: a session's next click is sent only after the answer to its previous click arrived, and
+each request carries the session so far (most recent last; only the `max_items` most recent clicks when that is
+set). Every request keeps its intended slot, actual send and receive times (wrk2's fix for coordinated omission),
+its status and the server's timing headers.
+
+A run is one or more phases on one clock (a plain run: ramp + hold; a capacity search: a ramp, then holds):
+each phase starts at a whole second after the previous phase's answers came back.
 """
 
 from __future__ import annotations
@@ -14,17 +18,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from array import array
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from etude.commands import DEFAULT_K
+from etude.errors import UsageError
+from etude.results import COUNT_COLUMNS
+from etude.sustained import HOLD_GAP_S
 from loadgen import client
-from loadgen.schedule import NS_PER_S, slot_ns
+from loadgen.schedule import NS_PER_S, Arrivals, due_times_ns
 
 if TYPE_CHECKING:
     import aiohttp
@@ -37,14 +45,15 @@ BACKPRESSURE_WAIT_S = 0.001
 BEHIND_NS = 1_000_000  # a send this late is catching up: yield between such sends
 PROGRESS_EVERY_TICKS = 10  # a log line per this many seconds (kubectl logs shows a run's progress)
 MAX_SLEEP_S = 0.05  # sleeps are chopped so that a stop request is noticed quickly
-TICK_COUNTERS = ("target_rps", "sent", "completed", "ok", "held_back", "in_flight", "errors")
+FILE_MARGIN = 64  # open files beyond the connections: the interpreter, logs, result files
 
 
 @dataclass(frozen=True)
 class RunConfig:
     base_url: str  # http://host:port, no trailing slash
     catalog_size: int
-    targets: Sequence[int]  # r_c per tick
+    targets: Sequence[int]  # r_c per tick of a plain run (`Runner.run`)
+    arrivals: Arrivals = field(default_factory=Arrivals)
     timeout_s: float = 10.0
     ready_timeout_s: float = 120.0
     warmup_requests: int = 20
@@ -84,7 +93,7 @@ class Records:
 
 @dataclass
 class TickCounters:
-    values: dict[str, list[int]] = field(default_factory=lambda: {name: [] for name in TICK_COUNTERS})
+    values: dict[str, list[int]] = field(default_factory=lambda: {name: [] for name in COUNT_COLUMNS})
 
     def add(self, name: str, tick: int, n: int = 1) -> None:
         column = self.values[name]
@@ -101,15 +110,34 @@ class TickCounters:
 @dataclass
 class RunResult:
     records: dict[str, np.ndarray]  # Records.columns(): status as int codes (client.status_name)
-    ticks: dict[str, list[int]]  # TICK_COUNTERS, one entry per second (ticks of the schedule, then drain seconds)
+    ticks: dict[str, list[int]]  # COUNT_COLUMNS, one entry per second (ticks of the schedule, then drain seconds)
     started_at: str  # ISO 8601 UTC of the start of the measurement
     duration_s: float
     partial: bool
     late: int  # slots not sent because the generator itself fell behind (included in held_back)
 
 
+@dataclass(frozen=True)
+class Phase:
+    """Where one phase of a run lies on the run's clock."""
+
+    first_tick: int
+    ticks: int  # scheduled ticks that ran (fewer than planned when it stopped early)
+    stopped_early: bool  # by its stop rule (the ramp of a capacity search), not by a signal
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """End a phase once `run_seconds` consecutive seconds violated the SLO (the per-second rule of the timeline)."""
+
+    slo_ms: float
+    percentile: float
+    run_seconds: int
+
+
 class Runner:
-    """One run of the schedule against one server. `sessions` must yield sessions (item ids) for as long as needed."""
+    """One run against one server: `start`, then one or more `phase`s, then `result`. `sessions` must yield sessions
+    (item ids) for as long as needed."""
 
     def __init__(self, config: RunConfig, sessions: Iterator[Sequence[int] | np.ndarray]) -> None:
         self.config = config
@@ -121,6 +149,11 @@ class Runner:
         self._next_session = 0
         self._in_flight: set[asyncio.Task[None]] = set()
         self._t0_ns = 0
+        self._cpu0_ns = 0
+        self._started_at = ""
+        self._next_tick = 0
+        self._rule: StopRule | None = None
+        self._within: dict[int, int] = {}  # ok answers within the stop rule's SLO, per second of completion
         self._http: aiohttp.ClientSession | None = None
         self.measuring = False
         self._stop = False
@@ -132,37 +165,73 @@ class Runner:
         """Stop sending (signal handler): answers in flight get `stop_grace_s`, then the run ends as partial."""
         self._stop = True
 
+    @property
+    def stopped(self) -> bool:
+        return self._stop or self._exhausted
+
     async def run(self, http: aiohttp.ClientSession) -> RunResult:
+        """A plain run: the config's targets as one phase."""
+        await self.start(http)
+        await self.phase(self.config.targets, self.config.arrivals)
+        return self.result()
+
+    async def start(
+        self, http: aiohttp.ClientSession, start_epoch_ns: Callable[[], Awaitable[int]] | None = None
+    ) -> None:
+        """Wait for the server and warm up. The clock starts with the first phase, or at the wall-clock instant
+        `start_epoch_ns` returns (the shared start of the shards of a run; the first slots wait for it)."""
         cfg = self.config
         await client.wait_ready(http, cfg.base_url, cfg.ready_timeout_s)
         await client.warm_up(http, self._url, cfg.catalog_size, cfg.warmup_requests)
         self._prime()
-        started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
-        cpu0_ns = time.process_time_ns()
-        self._t0_ns = time.perf_counter_ns()
         self._http = http
         self.measuring = True
-        await self._send_schedule()
-        sending_s = self._now() / 1e9
-        cpu_s = (time.process_time_ns() - cpu0_ns) / 1e9
-        await self._drain(cfg.stop_grace_s if self._stop or self._exhausted else cfg.timeout_s + 1.0)
+        if start_epoch_ns is not None:
+            epoch_ns = await start_epoch_ns()
+            self._start_clock(time.perf_counter_ns() + (epoch_ns - time.time_ns()),
+                              datetime.fromtimestamp(epoch_ns / NS_PER_S, UTC))
+
+    def _start_clock(self, t0_ns: int, started: datetime) -> None:
+        self._t0_ns = t0_ns
+        self._started_at = started.isoformat(timespec="milliseconds")
+        self._cpu0_ns = time.process_time_ns()
+
+    async def phase(self, targets: Sequence[int], arrivals: Arrivals, stop_rule: StopRule | None = None) -> Phase:
+        """Send `targets` (r_c per tick) from the next whole second on, then wait for the answers (the timeout; the
+        grace period once stopped)."""
+        due, bounds = due_times_ns(targets, arrivals)  # before the clock starts: the first slot is due at once
+        if not self._started_at:
+            self._start_clock(time.perf_counter_ns(), datetime.now(UTC))
+        first = self._next_tick
+        self._rule = stop_rule
+        ran, early = await self._send_schedule(first, targets, due + first * NS_PER_S, bounds)
+        self._rule = None
+        cfg = self.config
+        await self._drain(cfg.stop_grace_s if self.stopped else cfg.timeout_s + HOLD_GAP_S)
+        self._next_tick = max(first + ran, -(-self._now() // NS_PER_S))
+        return Phase(first, ran, early)
+
+    def snapshot(self) -> RunResult:
+        """Everything the phases recorded so far."""
         if self._crash is not None:  # a bug, not a result: never report a run that silently lost requests
             raise RuntimeError("a request task failed; the run is not valid") from self._crash
-        stopped = self._stop or self._exhausted  # a stop during the drain also cuts answers short
-        duration_s = (time.perf_counter_ns() - self._t0_ns) / 1e9
-        log.info(
-            "client CPU while sending: %.2f s in %.2f s (%.0f%% of a core)",
-            cpu_s,
-            sending_s,
-            100 * cpu_s / max(sending_s, 1e-9),
-        )
+        return RunResult(self._records.columns(), self._ticks.values, self._started_at, self._now() / 1e9,
+                         self.stopped, self._late)
+
+    def result(self) -> RunResult:
+        """Everything the phases recorded, at the end of the run (with a word on the client's own load)."""
+        result = self.snapshot()
+        duration_s = result.duration_s
+        cpu_s = (time.process_time_ns() - self._cpu0_ns) / 1e9
+        log.info("client CPU: %.2f s in %.2f s (%.0f%% of a core)", cpu_s, duration_s,
+                 100 * cpu_s / max(duration_s, 1e-9))
         if self._late:
             log.warning(
                 "the load generator fell behind its own schedule: %d slots unsent (counted as held back); "
                 "the measurement is limited by this client, not the server",
                 self._late,
             )
-        return RunResult(self._records.columns(), self._ticks.values, started_at, duration_s, stopped, self._late)
+        return result
 
     def _prime(self) -> None:
         """Draw the first session before the clock starts (a synthetic stream generates its first block then)."""
@@ -187,43 +256,67 @@ class Runner:
             else:
                 await asyncio.sleep(0)
 
-    async def _send_schedule(self) -> None:
-        for tick, rate in enumerate(self.config.targets):
+    async def _send_schedule(
+        self, first: int, targets: Sequence[int], due: np.ndarray, bounds: np.ndarray
+    ) -> tuple[int, bool]:
+        """Ticks sent and whether the stop rule ended the phase."""
+        for k, rate in enumerate(targets):
+            tick = first + k
             tick_end = (tick + 1) * NS_PER_S
+            slots = due[bounds[k] : bounds[k + 1]].tolist()
             self._ticks.set("target_rps", tick, rate)
+            self._ticks.set("scheduled", tick, len(slots))
             sent = 0
             held = False  # backpressure made this tick wait at least once
-            for slot in range(rate):
-                due = slot_ns(tick, slot, rate)
-                now = await self._wait_until(due)
+            for slot_due in slots:
+                now = await self._wait_until(slot_due)
                 while len(self._in_flight) >= rate and now < tick_end and not self._stop:
                     held = True
                     await asyncio.sleep(BACKPRESSURE_WAIT_S)
                     now = self._now()
-                if now >= tick_end or self._stop or not self._launch(due):
+                if now >= tick_end or self._stop or not self._launch(slot_due):
                     break
                 sent += 1
-                if now - due > BEHIND_NS:
+                if now - slot_due > BEHIND_NS:
                     # Behind schedule: let the request just launched (and answers) run before the next one, so that
                     # catching up does not turn into a burst that opens a connection per late slot.
                     await asyncio.sleep(0)
-            if self._stop or self._exhausted:
-                return
-            if sent < rate:
-                self._ticks.set("held_back", tick, rate - sent)
+            if self.stopped:
+                return k + 1, False
+            if sent < len(slots):
+                self._ticks.set("held_back", tick, len(slots) - sent)
                 if not held:
-                    self._late += rate - sent
+                    self._late += len(slots) - sent
             await self._wait_until(tick_end)
             self._ticks.set("in_flight", tick, len(self._in_flight))
-            if (tick + 1) % PROGRESS_EVERY_TICKS == 0 or tick + 1 == len(self.config.targets):
-                self._progress(tick)
+            if (k + 1) % PROGRESS_EVERY_TICKS == 0 or k + 1 == len(targets):
+                self._progress(tick, k, len(targets))
+            if self._rule is not None and self._violated_run(first, tick, self._rule):
+                log.info("second %d: %d seconds in a row violated the SLO; ending this phase", tick + 1,
+                         self._rule.run_seconds)
+                return k + 1, True
+        return len(targets), False
 
-    def _progress(self, tick: int) -> None:
+    def _violated_run(self, first: int, tick: int, rule: StopRule) -> bool:
+        """Whether the `rule.run_seconds` seconds up to `tick` (all of this phase) each violated the SLO: errors,
+        held-back sends, or fewer than the percentile's share of the ok answers completed within the SLO."""
+        if tick - rule.run_seconds + 1 < first:
+            return False
+        v = self._ticks.values
+        for t in range(tick - rule.run_seconds + 1, tick + 1):
+            ok = v["ok"][t]
+            slow = ok > 0 and self._within.get(t, 0) < math.ceil(rule.percentile / 100 * ok - 1e-9)
+            if not (v["errors"][t] or v["held_back"][t] or slow):
+                return False
+        return True
+
+    def _progress(self, tick: int, k: int, ticks: int) -> None:
         v = self._ticks.values
         log.info(
-            "second %d/%d: target %d rps, sent %d, ok %d, errors %d, held back %d, in flight %d",
+            "second %d (%d/%d of this phase): target %d rps, sent %d, ok %d, errors %d, held back %d, in flight %d",
             tick + 1,
-            len(self.config.targets),
+            k + 1,
+            ticks,
             v["target_rps"][tick],
             v["sent"][tick],
             v["ok"][tick],
@@ -290,6 +383,9 @@ class Runner:
         r.batch_size.append(answer.batch_size)
         self._ticks.add("completed", done_tick)
         self._ticks.add("ok" if answer.status == client.OK else "errors", done_tick)
+        rule = self._rule
+        if rule is not None and answer.status == client.OK and received_ns - due_ns <= rule.slo_ms * 1e6:
+            self._within[done_tick] = self._within.get(done_tick, 0) + 1
         if position + 1 < len(items) and answer.status != client.CANCELLED:
             self._ready.append((sid, items, position + 1))
 
@@ -313,25 +409,39 @@ class Runner:
             await asyncio.gather(*leftover, return_exceptions=True)
 
 
-def client_session(config: RunConfig) -> aiohttp.ClientSession:
-    """The one HTTP client of a run: a connector bounded by the largest r_c, the per-request timeout, no cookies."""
+def client_session(config: RunConfig, max_rate: int | None = None) -> aiohttp.ClientSession:
+    """The one HTTP client of a run: a pool as large as the most requests that can be in flight, the per-request
+    timeout, no cookies. `max_rate`: the highest r_c of every phase (default: the config's targets)."""
     import aiohttp
 
-    limit = connection_limit(max(config.targets, default=1))
+    limit = connection_limit(max_rate if max_rate is not None else max(config.targets, default=1), config.timeout_s)
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300)
     return aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=config.timeout_s), cookie_jar=aiohttp.DummyCookieJar()
     )
 
 
-def connection_limit(max_in_flight: int) -> int:
-    """Connections to allow: in flight never exceeds r_c, so r_c, within the process's file limit."""
+def pool_size(max_rate: int, timeout_s: float) -> int:
+    """Connections a run needs so that a stamped request never waits for one: backpressure keeps at most r_c in
+    flight, and a request is in flight for at most the timeout, so at most min(r_c, ceil(r_c x timeout)) at once
+    (the latter bound matters for timeouts under a second)."""
+    return max(1, min(max_rate, math.ceil(max_rate * timeout_s)))
+
+
+def connection_limit(max_rate: int, timeout_s: float) -> int:
+    """`pool_size`, after raising the file limit as far as needed and allowed; a UsageError naming the figure
+    when the hard limit is too low (a smaller pool would make requests queue in the client, timed as latency)."""
     import resource
 
+    pool = pool_size(max_rate, timeout_s)
+    want = pool + FILE_MARGIN
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max_in_flight + 64
-    if soft != resource.RLIM_INFINITY and soft < want:
-        new_soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
-        soft = new_soft
-    return max(1, min(max_in_flight, soft - 64))
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return pool
+    if hard != resource.RLIM_INFINITY and hard < want:
+        raise UsageError(
+            f"this run needs {want} open files ({pool} connections for up to {max_rate} requests/s + {FILE_MARGIN}); "
+            f"the limit here is {hard} (ulimit -Hn): raise it or lower the rate"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return pool

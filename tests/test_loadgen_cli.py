@@ -4,22 +4,27 @@ bad input as one-line errors, SIGTERM -> partial results, and shards merged into
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pytest
 
 from etude import storage
 from etude.cli import main
 from etude.commands import loadgen_command
 from etude.processes import free_port
-from etude.results import REQUEST_COLUMNS, SUMMARY_FILE, TIMELINE_COLUMNS
+from etude.results import REQUEST_COLUMNS, SUMMARY_FILE, TIMELINE_COLUMNS, TIMELINE_FILE, Summary
 from etude.spec import spec_from_config
 from loadgen import results
 from loadgen.refserver import Behaviour, ServerThread
+from loadgen.runner import pool_size
+from loadgen.schedule import NS_PER_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +38,7 @@ def contract_argv(
     hold: int = 1,
     shard: str | None = None,
     workload: dict[str, object] | None = None,
+    arrivals: str = "uniform",
 ) -> list[str]:
     """The command line Kubernetes and `etude local` run (etude.commands.loadgen_command), minus `etude`."""
     exp = spec_from_config(
@@ -44,6 +50,7 @@ def contract_argv(
                 "workload": workload or {"preset": "bolcom"},
                 "slo": {"latencyMs": 50, "percentile": 90},
                 "seed": 7,
+                "arrivals": arrivals,  # evenly spread slots: exact counts to assert on
             },
             "variants": [{"model": "gru4rec", "runtime": "jit", "instanceType": "cpu"}],
         },
@@ -56,11 +63,12 @@ def contract_argv(
 def test_contract_command_line_writes_a_complete_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "results" / "run"
     with ServerThread(Behaviour("ok", delay_ms=2)) as url:
-        assert main(contract_argv(url, str(out))) == 0
+        assert main(contract_argv(url, str(out), rps=100, hold=2)) == 0
     summary, requests, timeline = results.read(str(out))
     assert sorted(p.name for p in out.iterdir()) == ["requests.parquet", "summary.json", "timeline.parquet"]
     assert requests.column_names == list(REQUEST_COLUMNS) and timeline.column_names == list(TIMELINE_COLUMNS)
-    assert summary.ok == summary.requests == 40 and summary.slo_met and not summary.partial
+    assert summary.ok == summary.requests == 300 and not summary.partial
+    assert summary.slo_met and summary.capacity_rps == 100  # 200 answers in the hold: enough for a p90 verdict
     s = summary.spec
     assert (s.stack, s.model, s.runtime, s.instance_type, s.workload) == (
         "groceries-small",
@@ -69,8 +77,8 @@ def test_contract_command_line_writes_a_complete_folder(tmp_path: Path, capsys: 
         "cpu",
         {"preset": "bolcom"},
     )
-    assert s.monthly_usd is not None and s.target_rps == 20 and s.seed == 7
-    assert "40/40 ok" in capsys.readouterr().out
+    assert s.monthly_usd is not None and s.target_rps == 100 and s.seed == 7 and s.arrivals == "uniform"
+    assert "300/300 ok" in capsys.readouterr().out
 
 
 def test_clicklog_workload_and_gcs_output(tmp_path: Path, gcs_bucket: str) -> None:
@@ -224,6 +232,72 @@ def test_shards_split_rate_and_sessions_and_shard_zero_merges(tmp_path: Path) ->
 def test_shard_zero_alone_merges_partial_after_a_bounded_wait(tmp_path: Path) -> None:
     out = str(tmp_path / "run")
     with ServerThread(Behaviour("ok")) as url:
-        assert main([*contract_argv(url, out, rps=4, ramp=1, hold=0, shard="0/2"), "--merge-wait-s", "0.5"]) == 0
+        argv = [*contract_argv(url, out, rps=4, ramp=1, hold=0, shard="0/2"), "--merge-wait-s", "0.5"]
+        assert main([*argv, "--ready-timeout-s", "1"]) == 0  # it waits that long for shard 1 to be ready
     merged = results.read(out)[0]
     assert merged.partial and merged.shards == 2 and merged.requests == 2
+
+
+def test_shards_start_on_one_clock_when_one_starts_two_seconds_late(tmp_path: Path) -> None:
+    out = str(tmp_path / "run")
+    with ServerThread(Behaviour("ok", delay_ms=2)) as url:
+        first = spawn(contract_argv(url, out, rps=20, ramp=1, hold=2, shard="0/2"))
+        time.sleep(2.0)
+        late = spawn(contract_argv(url, out, rps=20, ramp=1, hold=2, shard="1/2"))
+        for p in (late, first):
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
+    shard0, shard1 = (results.read(results.shard_dir(out, i))[0] for i in (0, 1))
+    assert shard0.started_at == shard1.started_at  # one start instant, written by shard 0
+    merged, requests, timeline = results.read(out)
+    assert not merged.partial and merged.requests == 60
+    assert timeline.column("target_rps").to_pylist()[:3] == [20, 20, 20]  # per-second windows line up
+    late_rows = requests.filter(pa.compute.equal(pa.compute.bit_wise_and(requests.column("session_id"), 1), 1))
+    assert min(late_rows.column("intended_ns").to_pylist()) < NS_PER_S  # not shifted by the late start
+
+
+def test_a_pool_the_file_limit_cannot_hold_is_refused_up_front(tmp_path: Path) -> None:
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    argv = contract_argv("http://127.0.0.1:9", str(tmp_path / "run"), rps=1000)
+    proc = subprocess.run([sys.executable, "-m", "etude", *argv], cwd=ROOT, capture_output=True, text=True,
+                          preexec_fn=low_limit, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "needs 1064 open files (1000 connections" in proc.stderr and "256" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert pool_size(1000, 10.0) == 1000 and pool_size(1000, 0.25) == 250
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--arrivals", "bursty"], "--burstiness > 1"),
+        (["--arrivals", "bursty", "--burstiness", "1"], "--burstiness > 1"),
+        (["--burstiness", "2"], "goes with --arrivals bursty"),
+        (["--search-max-rps", "50"], "goes with --find-capacity"),
+        (["--repeats", "0"], "--repeats 0"),
+        (["--find-capacity", "--shard", "0/2"], "leave out --shard"),
+    ],
+)
+def test_bad_arrival_and_capacity_flags_are_one_line_errors(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [a for a in contract_argv("http://127.0.0.1:9", str(tmp_path / "run")) if a != "uniform"]
+    argv = [a for a in argv if a != "--arrivals"]
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_repeats_write_each_repeat_and_the_median_on_top(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with ServerThread(Behaviour("ok", delay_ms=1)) as url:
+        assert main([*contract_argv(url, str(out), rps=200, ramp=1, hold=1), "--repeats", "3"]) == 0
+    top = Summary.model_validate_json((out / SUMMARY_FILE).read_bytes())
+    assert (out / TIMELINE_FILE).is_file()  # the median repeat's; requests stay in each repeat's folder
+    assert top.spec.repeats == 3 and top.repeat_capacity_rps == [200.0, 200.0, 200.0]
+    assert top.capacity_rps == 200 and top.capacity_spread == 0 and top.slo_met
+    for i in range(3):
+        part = results.read(str(out / f"repeat-{i}"))[0]
+        assert part.spec.repeat == i and part.capacity_rps == 200 and part.requests == 400

@@ -92,8 +92,11 @@ def test_summary_definitions_on_a_known_run() -> None:
     run = fake_run(lats, [2, 4, 6, 6, 6], status={23: 503})
     summary, requests, timeline = results.build(run, spec(3, 2, 6, slo_ms=50.0))
     assert summary.requests == 24 and summary.ok == 23 and summary.errors == {"503": 1}
-    assert summary.max_rps_within_slo == 6  # tick 3: 6 rps, window p90 30 ms, no errors
-    assert not summary.slo_met  # an error during the hold
+    hold = summary.holds[0]  # the hold: ticks 3 and 4, 12 requests, one error
+    assert (hold.rate_rps, hold.seconds, hold.requests, hold.answers, hold.errors) == (6, 2, 12, 11, 1)
+    assert hold.percentile_ms == 30 and not hold.slo_met
+    assert not summary.slo_met and summary.capacity_rps is None  # an error during the hold
+    assert summary.capacity_bracket == (None, 6)
     assert summary.achieved_rps == pytest.approx((6 + 5) / 2)  # ok answers received during the hold, per second
     assert summary.latency_ms is not None and summary.latency_ms.p50 == 30 and summary.latency_ms.max == 60
     assert timeline.column_names == list(TIMELINE_COLUMNS) and requests.column_names == list(REQUEST_COLUMNS)
@@ -104,15 +107,36 @@ def test_summary_definitions_on_a_known_run() -> None:
 
 def test_a_tick_with_held_back_sends_does_not_count_as_sustained() -> None:
     run = fake_run([[5] * 2, [5] * 4], [2, 4], held={1: 1})
-    summary, _, _ = results.build(run, spec(2, 0, 4))
-    assert summary.max_rps_within_slo == 2 and summary.held_back == 1
+    summary, _, timeline = results.build(run, spec(2, 0, 4))
+    assert summary.held_back == 1 and summary.holds[0].held_back == 1
     assert not summary.slo_met  # no hold: judged on the last ramp tick, which held a send back
+    assert summary.capacity_rps is None
+    assert timeline.column("slo_violated").to_pylist()[:2] == [False, True]
 
 
-def test_slo_met_at_target_with_a_clean_hold() -> None:
-    run = fake_run([[5], [5] * 2, [5] * 2], [1, 2, 2])
-    summary, _, _ = results.build(run, spec(2, 1, 2))
-    assert summary.slo_met and summary.max_rps_within_slo == 2 and summary.achieved_rps == 2
+@pytest.mark.parametrize(("answers", "met"), [(200, True), (199, False)])
+def test_slo_met_at_target_with_a_clean_hold_of_enough_answers(answers: int, met: bool) -> None:
+    # p90 needs 200 answers (20 of them above the percentile); a hold of fewer establishes nothing
+    run = fake_run([[5.0] * 100, [5.0] * 200, [5.0] * answers], [100, 200, 200])
+    summary, _, _ = results.build(run, spec(2, 1, 200))
+    assert summary.holds[0].min_answers == 200 and summary.holds[0].answers == answers
+    assert summary.slo_met is met and abs(summary.achieved_rps - answers) <= 1  # by arrival second
+    assert summary.capacity_rps == (200 if met else None)
+
+
+def test_a_plain_run_that_misses_the_slo_has_no_capacity() -> None:
+    run = fake_run([[5.0] * 100, [5.0] * 200, [5.0] * 100 + [80.0] * 100], [100, 200, 200])
+    summary, _, _ = results.build(run, spec(2, 1, 200))
+    assert summary.holds[0].percentile_ms == 80 and not summary.slo_met and summary.capacity_rps is None
+
+
+def test_repeats_aggregate_to_the_median_capacity_and_its_spread() -> None:
+    base = results.build(fake_run([[5] * 2], [2]), spec(1, 0, 2))[0]
+    parts = [base.model_copy(update={"capacity_rps": c}) for c in (100.0, None, 90.0)]
+    summary, middle = results.aggregate_repeats(spec(1, 0, 100), parts)
+    assert summary.repeat_capacity_rps == [100.0, None, 90.0] and middle == 2
+    assert summary.capacity_rps == 90.0 and summary.capacity_spread == round(100 / 90, 4)  # None counts as 0
+    assert not summary.slo_met
 
 
 def test_error_kinds_are_named_and_timeouts_have_no_answer() -> None:

@@ -1,10 +1,12 @@
-"""loadgen.schedule: the per-tick target rate and the send slots are pure functions of time (no sockets)."""
+"""loadgen.schedule: the per-tick target rate and the send slots are pure functions of time (no sockets); the
+arrival processes have the rate and the variability they claim."""
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadgen.schedule import NS_PER_S, is_hold_tick, rate_at, shard_rate, slot_ns, tick_targets
+from loadgen.schedule import NS_PER_S, Arrivals, due_times_ns, is_hold_tick, rate_at, shard_rate, tick_targets
 
 
 def test_ramp_is_linear_to_the_target_then_holds() -> None:
@@ -38,13 +40,59 @@ def test_ramp_never_decreases_and_ends_at_the_target(rate: int, ramp: int, hold:
     assert targets[ramp - 1] == rate and min(targets) >= 1
 
 
-def test_slots_are_evenly_spread_within_their_tick() -> None:
-    due = [slot_ns(3, i, 4) for i in range(4)]
-    assert due == [3 * NS_PER_S + i * NS_PER_S // 4 for i in range(4)]
-    assert slot_ns(0, 0, 1) == 0
-    seven = [slot_ns(0, i, 7) for i in range(7)]
-    gaps = {b - a for a, b in zip(seven, seven[1:], strict=False)}
+def test_uniform_slots_are_evenly_spread_within_their_tick() -> None:
+    due, bounds = due_times_ns([1, 7, 4], Arrivals("uniform"))
+    assert bounds.tolist() == [0, 1, 8, 12]
+    assert due[0] == 0
+    assert due[8:].tolist() == [2 * NS_PER_S + i * NS_PER_S // 4 for i in range(4)]
+    gaps = set(np.diff(due[1:8]).tolist())
     assert max(gaps) - min(gaps) <= 1  # integer ns rounding only
+
+
+def _gap_cv(due: np.ndarray) -> float:
+    gaps = np.diff(due.astype(np.float64))
+    return float(gaps.std() / gaps.mean())
+
+
+def test_poisson_arrivals_have_the_rate_and_exponential_gaps() -> None:
+    targets = [1000] * 100  # 100,000 expected slots at a constant rate
+    due, bounds = due_times_ns(targets, Arrivals("poisson", seed=7))
+    assert abs(len(due) / 100_000 - 1) < 0.02
+    assert abs(_gap_cv(due) - 1) < 0.05
+    assert np.all(np.diff(due) >= 0) and due[0] >= 0 and due[-1] < 100 * NS_PER_S
+    per_tick = np.diff(bounds)  # a Poisson count per second: variance = mean
+    assert abs(per_tick.var() / per_tick.mean() - 1) < 0.35
+    assert np.all(due[bounds[5] : bounds[6]] // NS_PER_S == 5)
+
+
+def test_poisson_follows_a_ramp() -> None:
+    targets = tick_targets(2000, 50, 0)
+    due, bounds = due_times_ns(targets, Arrivals("poisson", seed=1))
+    assert abs(len(due) / sum(targets) - 1) < 0.02
+    first, last = np.diff(bounds)[:10].sum(), np.diff(bounds)[-10:].sum()
+    assert abs(first / sum(targets[:10]) - 1) < 0.1 and abs(last / sum(targets[-10:]) - 1) < 0.03
+
+
+@pytest.mark.parametrize("cv", [1.5, 3.0])
+def test_bursty_arrivals_have_the_coefficient_of_variation_asked_for(cv: float) -> None:
+    due, _ = due_times_ns([1000] * 100, Arrivals("bursty", burstiness=cv, seed=3))
+    assert abs(len(due) / 100_000 - 1) < 0.05
+    assert abs(_gap_cv(due) - cv) < 0.05 * cv
+
+
+def test_arrivals_are_a_pure_function_of_seed_and_stream() -> None:
+    a = Arrivals("poisson", seed=5)
+    same, _ = due_times_ns([100] * 5, a)
+    assert np.array_equal(same, due_times_ns([100] * 5, Arrivals("poisson", seed=5))[0])
+    assert not np.array_equal(same[:50], due_times_ns([100] * 5, a.with_stream(1))[0][:50])
+    assert not np.array_equal(same[:50], due_times_ns([100] * 5, Arrivals("poisson", seed=6))[0][:50])
+
+
+def test_bad_arrivals_are_refused() -> None:
+    with pytest.raises(ValueError, match="one of"):
+        Arrivals("gaussian")
+    with pytest.raises(ValueError, match="CV > 1"):
+        Arrivals("bursty", burstiness=0.5)
 
 
 @given(st.integers(1, 100_000), st.integers(1, 64))

@@ -26,7 +26,7 @@ def test_reader_turns_summary_json_in_the_bucket_into_outputs(gcs_bucket: str) -
     metrics = created.outs["metrics"]
     assert set(metrics) == set(METRIC_KEYS)
     assert metrics["p90Ms"] == pytest.approx(summary.latency_ms.p90)
-    assert metrics["maxRpsWithinSlo"] == pytest.approx(summary.max_rps_within_slo)
+    assert summary.capacity_rps is not None and metrics["capacityRps"] == pytest.approx(summary.capacity_rps)
     assert metrics["errors"] == sum(summary.errors.values()) > 0
     assert metrics["sloMet"] is summary.slo_met
     assert metrics["monthlyUsd"] == pytest.approx(3 * 108.09)
@@ -99,15 +99,16 @@ def test_reader_reads_again_when_the_run_changes_and_never_deletes_results() -> 
     assert ResultsReader().delete("id", old) is None  # the bucket keeps the files
 
 
-def test_cheapest_within_slo_ignores_misses_and_partial_runs() -> None:
-    results = {
-        "a": {"monthlyUsd": 300.0, "sloMet": True, "partial": False},
-        "b": {"monthlyUsd": 100.0, "sloMet": False, "partial": False},
-        "c": {"monthlyUsd": 200.0, "sloMet": True, "partial": True},
-        "d": {"monthlyUsd": 250.0, "sloMet": True, "partial": False},
+def test_cheapest_within_slo_uses_the_capacity_and_ignores_misses_and_partial_runs() -> None:
+    results: dict[str, dict[str, object]] = {
+        "a": {"monthlyUsd": 300.0, "capacityRps": 120.0, "sloMet": True, "partial": False},
+        "b": {"monthlyUsd": 100.0, "capacityRps": None, "sloMet": False, "partial": False},
+        "c": {"monthlyUsd": 200.0, "capacityRps": 100.0, "sloMet": True, "partial": True},
+        "d": {"monthlyUsd": 250.0, "capacityRps": 100.0, "sloMet": True, "partial": False},
+        "e": {"monthlyUsd": 150.0, "capacityRps": 99.0, "sloMet": False, "partial": False},  # short of the target
     }
-    assert cheapest_within_slo(results) == {"variant": "d", "monthlyUsd": 250.0}
-    assert cheapest_within_slo({"b": results["b"]}) is None
+    assert cheapest_within_slo(results, 100) == {"variant": "d", "monthlyUsd": 250.0}
+    assert cheapest_within_slo({"b": results["b"], "e": results["e"]}, 100) is None
 
 
 def test_config_kinds_of_stack() -> None:

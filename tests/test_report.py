@@ -18,7 +18,7 @@ from etude import capacity
 from etude.catalog import INSTANCE_TYPES
 from etude.errors import UsageError
 from etude.plots import first_violation
-from etude.report import write_report
+from etude.report import verdict, write_report
 from etude.results import SUMMARY_FILE, TIMELINE_COLUMNS, TIMELINE_FILE
 from etude.resultset import discover
 
@@ -36,7 +36,8 @@ def write_run(
     instance_type: str = "cpu",
     replicas: int = 1,
     monthly_usd: float | None = None,
-    max_rps_within_slo: float = 100.0,
+    capacity_rps: float | None = 100.0,
+    repeat_capacity_rps: list[float | None] | None = None,
     target_rps: int = 100,
     catalog_size: int = 10_000,
     slo_ms: float = 50.0,
@@ -44,6 +45,7 @@ def write_run(
     partial: bool = False,
     run_id: str = "1",
     shard: str | None = None,
+    repeat: int | None = None,
     timeline: dict[str, list[float]] | None = None,
 ) -> Path:
     """A result folder; the timeline (if given) is written column by column with the contract's types."""
@@ -55,7 +57,8 @@ def write_run(
             "model": model, "runtime": runtime, "instance_type": instance_type, "replicas": replicas,
             "monthly_usd": monthly_usd, "url": url, "catalog_size": catalog_size, "target_rps": target_rps,
             "ramp_seconds": 10, "hold_seconds": 5, "workload": {"preset": "bolcom"}, "seed": 42,
-            "slo_ms": slo_ms, "slo_percentile": 90.0, "shard": shard,
+            "slo_ms": slo_ms, "slo_percentile": 90.0, "shard": shard, "repeat": repeat,
+            "repeats": max(1, len(repeat_capacity_rps or [])),
         },
         "partial": partial,
         "started_at": "2026-11-26T06:00:00Z",
@@ -64,11 +67,12 @@ def write_run(
         "ok": 990,
         "errors": {"503": 10},
         "held_back": 0,
-        "achieved_rps": min(max_rps_within_slo, target_rps),
+        "achieved_rps": min(capacity_rps or 0.0, target_rps),
         "latency_ms": {"p50": 5.0, "p90": 12.0, "p95": 20.0, "p99": 40.0, "max": 90.0},
         "latency_from_intended_ms": {"p50": 5.5, "p90": 13.0, "p95": 21.0, "p99": 41.0, "max": 95.0},
-        "max_rps_within_slo": max_rps_within_slo,
-        "slo_met": max_rps_within_slo >= target_rps,
+        "capacity_rps": capacity_rps,
+        "repeat_capacity_rps": repeat_capacity_rps or [],
+        "slo_met": capacity_rps is not None and capacity_rps >= target_rps,
         "shards": 1,
     }  # fmt: skip
     (folder / SUMMARY_FILE).write_text(json.dumps(summary))
@@ -86,7 +90,8 @@ def ramp_timeline(target_rps: int, seconds: int, *, slow_from_rps: float | None,
         rate = math.ceil(target_rps * (s + 1) / seconds)
         slow = slow_from_rps is not None and rate >= slow_from_rps
         values = {
-            "second": s, "target_rps": rate, "sent": rate, "completed": rate, "ok": rate, "held_back": 0,
+            "second": s, "target_rps": rate, "scheduled": rate, "sent": rate, "completed": rate, "ok": rate,
+            "held_back": 0,
             "in_flight": 1, "errors": 3 if s == errors_at else 0,
             "p50_ms": 40.0 if slow else 5.0, "p90_ms": 80.0 if slow else 10.0, "p99_ms": 120.0 if slow else 20.0,
             "slo_violated": slow or s == errors_at,
@@ -102,29 +107,29 @@ def shop(tmp_path: Path) -> Path:
     root = tmp_path / "results"
     tl = ramp_timeline(100, 10, slow_from_rps=None)
     # gru4rec: 40 rps per CPU -> 3 CPUs ($324.27); 150 rps on one T4 -> 1 T4 ($268.09): the T4 is cheaper
-    write_run(root / "shop/1/gru-cpu", variant="gru-cpu", max_rps_within_slo=40, timeline=ramp_timeline(
+    write_run(root / "shop/1/gru-cpu", variant="gru-cpu", capacity_rps=40, timeline=ramp_timeline(
         100, 10, slow_from_rps=41))
-    write_run(root / "shop/1/gru-t4", variant="gru-t4", instance_type="gpu-t4", max_rps_within_slo=150, timeline=tl)
+    write_run(root / "shop/1/gru-t4", variant="gru-t4", instance_type="gpu-t4", capacity_rps=150, timeline=tl)
     # sasrec: 2 CPU replicas carried 240 rps -> 120 per replica -> 1 CPU ($108.09); the T4 never met the SLO
-    write_run(root / "shop/1/sas-cpu", variant="sas-cpu", model="sasrec", replicas=2, max_rps_within_slo=240,
+    write_run(root / "shop/1/sas-cpu", variant="sas-cpu", model="sasrec", replicas=2, capacity_rps=240,
               timeline=tl)
     write_run(root / "shop/1/sas-t4", variant="sas-t4", model="sasrec", instance_type="gpu-t4",
-              max_rps_within_slo=0, timeline=ramp_timeline(100, 10, slow_from_rps=1))
+              capacity_rps=0, timeline=ramp_timeline(100, 10, slow_from_rps=1))
     # narm: three runs 30, 55, 200 rps -> median 55 -> 2 CPUs; a partial run does not count
     for run_id, rps in (("1", 30), ("2", 55), ("3", 200)):
         write_run(root / f"shop/{run_id}/narm-cpu", variant="narm-cpu", model="narm", run_id=run_id,
-                  max_rps_within_slo=rps)
-    write_run(root / "shop/4/narm-cpu", variant="narm-cpu", model="narm", run_id="4", max_rps_within_slo=1,
+                  capacity_rps=rps)
+    write_run(root / "shop/4/narm-cpu", variant="narm-cpu", model="narm", run_id="4", capacity_rps=1,
               partial=True)
     # core on 2 x L4 with a stack price of $500 each (monthly_usd echoes replicas x price): 50 per replica -> 2
     write_run(root / "shop/1/core-l4", variant="core-l4", model="core", instance_type="gpu-l4", replicas=2,
-              monthly_usd=1000.0, max_rps_within_slo=100)
+              monthly_usd=1000.0, capacity_rps=100)
     return root
 
 
 def test_capacity_table_has_the_known_answer(shop: Path) -> None:
     rows = capacity.capacity_rows(discover([str(shop)]).runs)
-    got = {(r.model, r.instance_type): (r.max_rps_within_slo_per_replica, r.replicas_needed, r.monthly_usd,
+    got = {(r.model, r.instance_type): (r.capacity_rps_per_replica, r.replicas_needed, r.monthly_usd,
                                         r.cheapest, r.meets_slo) for r in rows}
     assert got == {
         ("gru4rec", "cpu"): (40, 3, round(3 * CPU, 2), False, True),
@@ -180,7 +185,7 @@ def test_report_end_to_end(shop: Path, tmp_path: Path) -> None:
 
 
 def test_local_runs_are_flagged(tmp_path: Path) -> None:
-    write_run(tmp_path / "r/a", url="http://127.0.0.1:8080", max_rps_within_slo=100)
+    write_run(tmp_path / "r/a", url="http://127.0.0.1:8080", capacity_rps=100)
     out = write_report([str(tmp_path / "r")], tmp_path / "out")
     rows = list(csv.DictReader(open(out / "capacity.csv")))
     assert rows[0]["measured_on"] == "this machine"
@@ -191,7 +196,7 @@ def test_infratest_and_microbench_figures(tmp_path: Path) -> None:
     root = tmp_path / "r"
     for variant, slow in (("etude-noop", None), ("torchserve-empty", 300)):
         write_run(root / "infratest/1" / variant, stack="infratest", variant=variant, model="noop", target_rps=1000,
-                  max_rps_within_slo=1000 if slow is None else 290,
+                  capacity_rps=1000 if slow is None else 290,
                   timeline=ramp_timeline(1000, 20, slow_from_rps=slow, errors_at=15 if slow else None))
     bench = root / "bench" / "microbench.csv"
     bench.parent.mkdir(parents=True)
@@ -223,7 +228,7 @@ def test_empty_set_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_not_results_are_skipped_with_a_warning(tmp_path: Path) -> None:
     root = tmp_path / "r"
-    write_run(root / "good", max_rps_within_slo=100)
+    write_run(root / "good", capacity_rps=100)
     (root / "bad").mkdir()
     (root / "bad" / SUMMARY_FILE).write_text("not json at all")
     (root / "csv").mkdir()
@@ -257,12 +262,12 @@ def test_timeline_columns_round_trip(tmp_path: Path) -> None:
 
 def test_shard_pieces_count_once_through_their_merged_run(tmp_path: Path) -> None:
     root = tmp_path / "r"
-    write_run(root / "merged", max_rps_within_slo=100)
+    write_run(root / "merged", capacity_rps=100)
     for i in range(2):
-        write_run(root / "merged" / f"shard-{i}", shard=f"{i}/2", max_rps_within_slo=50)
+        write_run(root / "merged" / f"shard-{i}", shard=f"{i}/2", capacity_rps=50)
     write_run(root / "orphan" / "shard-1", variant="orphan", shard="1/2")
     found = discover([str(root)])
-    assert [(r.label, r.summary.max_rps_within_slo) for r in found.runs] == [("gru4rec-jit-cpu", 100)]
+    assert [(r.label, r.summary.capacity_rps) for r in found.runs] == [("gru4rec-jit-cpu", 100)]
     assert any("shard 1/2 of a run without a merged summary" in w for w in found.warnings)
 
 
@@ -283,3 +288,58 @@ def test_report_to_gcs_lands_in_the_bucket_not_in_a_local_folder(
     assert storage.read_bytes(f"{out}/capacity.csv").decode() == local
     with pytest.raises(UsageError, match="no bucket"):
         write_report([str(shop)], "gs:///reports")
+
+
+def test_capacity_table_never_says_meets_for_a_run_that_missed_the_slo(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    write_run(root / "miss", variant="miss", capacity_rps=None)  # a plain run whose hold failed
+    write_run(root / "short", variant="short", model="narm", capacity_rps=60)  # a search: 60 < 100 on 1 replica
+    out = write_report([str(root)], tmp_path / "out")
+    table = list(csv.DictReader(open(out / "capacity.csv")))
+    md = (out / "report.md").read_text()
+    by_model = {r["model"]: r for r in table}
+    assert by_model["gru4rec"]["meets_slo"] == "False" and by_model["gru4rec"]["replicas_needed"] == ""
+    for run in discover([str(root)]).runs:
+        assert not run.summary.slo_met
+        row = next(r for r in capacity.capacity_rows([run]))
+        cell = verdict(row)
+        assert cell not in ("meets SLO", "cheapest")  # at most "... if 2 replicas scale linearly"
+    assert "| does not meet SLO |" in md and "if 2 replicas scale linearly" in md
+
+
+def test_repeats_give_median_and_spread_and_disagreement_is_flagged(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    write_run(root / "calm", variant="calm", capacity_rps=100, repeat_capacity_rps=[100, 95, 104])
+    for i, c in enumerate((100, 95, 104)):  # its pieces are not counted again
+        write_run(root / "calm" / f"repeat-{i}", variant="calm", capacity_rps=c, repeat=i)
+    write_run(root / "wild", variant="wild", model="narm", capacity_rps=100, repeat_capacity_rps=[60, 100, None])
+    rows = {r.model: r for r in capacity.capacity_rows(discover([str(root)]).runs)}
+    calm, wild = rows["gru4rec"], rows["narm"]
+    assert (calm.capacity_rps_per_replica, calm.measurements, calm.runs) == (100, 3, 1)
+    assert calm.capacity_spread == 0.09 and not calm.repeats_disagree
+    assert wild.capacity_rps_per_replica == 60 and wild.capacity_spread == round(100 / 60, 3) and wild.repeats_disagree
+    md = (write_report([str(root)], tmp_path / "out") / "report.md").read_text()
+    assert "**repeats disagree**" in md
+
+
+def test_local_rows_never_compete_with_cluster_rows_and_the_newest_run_prices(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    write_run(root / "cluster", variant="c", instance_type="gpu-t4", capacity_rps=100)
+    write_run(root / "laptop", variant="l", url="http://127.0.0.1:8080", capacity_rps=100)  # cheaper cpu, local
+    # the same cluster variant on cpu in runs 2 and 10: run 10 is the newest (numeric order), its price 0 counts
+    write_run(root / "2/cpu", variant="x", run_id="2", replicas=2, monthly_usd=500.0, capacity_rps=200)
+    write_run(root / "10/cpu", variant="x", run_id="10", replicas=1, monthly_usd=0.0, capacity_rps=100)
+    rows = capacity.capacity_rows(discover([str(root)]).runs)
+    cpu = next(r for r in rows if r.instance_type == "cpu" and r.measured_on == "cluster")
+    assert (cpu.monthly_usd_per_replica, cpu.measured_replicas, cpu.runs) == (0.0, 1, 2)
+    assert cpu.cheapest  # $0 beats the T4 among cluster rows
+    local = next(r for r in rows if r.measured_on == "this machine")
+    assert local.cheapest  # the cheapest of this machine's rows, ranked on their own
+    md = (write_report([str(root)], tmp_path / "out") / "report.md").read_text()
+    assert "Cheapest option meeting the SLO: **gru4rec (jit) on 1 x cpu, $0.00 per month**" in md
+    # sasrec: only a T4 on the cluster and a (cheaper) cpu on this machine: the cluster row is the answer
+    write_run(root / "sas-t4", variant="st", model="sasrec", instance_type="gpu-t4", capacity_rps=100)
+    write_run(root / "sas-local", variant="sl", model="sasrec", url="http://127.0.0.1:1", capacity_rps=100)
+    sas = [r for r in capacity.capacity_rows(discover([str(root)]).runs) if r.model == "sasrec"]
+    t4 = next(r for r in sas if r.measured_on == "cluster")
+    assert t4.cheapest and capacity.cheapest([r for r in sas if r.measured_on == "cluster"]) is t4

@@ -220,3 +220,47 @@ def test_a_recbole_checkpoint_is_a_variant_imported_in_the_export_step() -> None
     for bad in ({"recbole": "/c.pth", "model": "narm"}, {"recbole": "/c.pth", "modelUri": "/m.pt"}, {"recbole": " "}):
         with pytest.raises(SpecError, match="etude:variants"):
             spec_from_config("r", {**_config(), "etude:variants": [bad]})
+
+
+@pytest.mark.parametrize(
+    ("scenario", "expected"),
+    [
+        ({"arrivals": "gaussian"}, ["etude:scenario.arrivals", "'gaussian'", "known: poisson, uniform, bursty"]),
+        ({"arrivals": "bursty"}, ["burstiness", "goes with arrivals: bursty"]),
+        ({"arrivals": "poisson", "burstiness": 2.0}, ["burstiness", "goes with arrivals: bursty"]),
+        ({"arrivals": "bursty", "burstiness": 1.0}, ["etude:scenario.burstiness", "greater than 1"]),
+        ({"repeats": 0}, ["etude:scenario.repeats", "0"]),
+        ({"capacity": {"maxRps": 50}}, ["capacity.maxRps goes with capacity.search: true"]),
+        ({"capacity": {"search": True, "maxRps": 0}}, ["etude:scenario.capacity.maxRps", "0"]),
+        ({"capacity": {"serach": True}}, ["etude:scenario.capacity.serach", "unknown key"]),
+    ],
+)
+def test_bad_arrivals_and_capacity_keys_are_one_line_errors(scenario: dict[str, object], expected: list[str]) -> None:
+    with pytest.raises(SpecError) as err:
+        spec_from_config("bad", _config(**scenario))
+    assert len(str(err.value).splitlines()) == 1
+    for fragment in expected:
+        assert fragment in str(err.value)
+
+
+def test_arrivals_repeats_and_search_reach_the_load_generator() -> None:
+    plain = spec_from_config("c", _config())
+    assert plain.scenario.arrivals == "poisson" and plain.scenario.repeats == 1
+    argv = commands.loadgen_command(plain, plain.variants[0], url="http://x:8080", out="/o")
+    assert argv[argv.index("--arrivals") + 1] == "poisson" and "--find-capacity" not in argv
+    exp = spec_from_config("c", _config(arrivals="bursty", burstiness=2.5, repeats=3,
+                                        capacity={"search": True, "maxRps": 30}))
+    argv = commands.loadgen_command(exp, exp.variants[0], url="http://x:8080", out="/o")
+    flags = dict(zip(argv[2::2], argv[3::2], strict=False))
+    assert "--find-capacity" in argv and argv[argv.index("--search-max-rps") + 1] == "30"
+    assert argv[argv.index("--burstiness") + 1] == "2.5" and argv[argv.index("--repeats") + 1] == "3"
+    assert flags["--arrivals"] == "bursty"
+    assert commands.run_duration_s(exp) > 3 * commands.run_duration_s(plain)  # every hold of every repeat
+    too_fast = spec_from_config("c", _config(targetRps=1500, capacity={"search": True}))
+    with pytest.raises(SpecError, match="one load-generator process"):
+        commands.loadgen_shards(too_fast)
+
+
+@pytest.mark.parametrize("stack", ["groceries-small", "groceries-large", "fashion", "ecommerce", "platform"])
+def test_use_case_stacks_assume_poisson_arrivals(stack: str) -> None:
+    assert load_stack(stack).scenario.arrivals == "poisson"
