@@ -1,15 +1,15 @@
 """ETUDE on Pulumi: `pulumi up -s dev` builds the shared platform, `pulumi up -s <use-case>` runs an experiment.
 
 Reads and validates the whole stack config first (an invalid value fails here, naming the key, before any
-resource), then declares the resources (`infra.program.build`) and exports the results as stack outputs.
+resource), then declares the resources (`etude.infra.program.build`) and exports the results as stack outputs.
 This side never imports torch, numpy or the serving/loadgen/models packages (docs/design.md, "Two sides, one seam").
 """
 
 import pulumi
 
+from etude.infra.config import config_from_pulumi, read_config
+from etude.infra.program import build, gcp_settings
 from etude.spec import SpecError
-from infra.config import config_from_pulumi, read_config
-from infra.program import build, gcp_settings
 
 try:
     stack_config = read_config(pulumi.get_stack(), config_from_pulumi())

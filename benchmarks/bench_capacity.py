@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadgen.refserver import md1_capacity_rps
+from etude.loadgen.refserver import md1_capacity_rps
 
 log = logging.getLogger("bench_capacity")
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--markdown", action="store_true", help="print the table of OUT/results.json and exit")
     parser.add_argument("--only", default="refserver,gru4rec")
+    parser.add_argument("--arrivals", default=",".join(ARRIVALS), help="comma-separated subset of the processes")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ramp-seconds", type=int, default=10)
     parser.add_argument("--hold-seconds", type=int, default=3)
@@ -144,6 +145,7 @@ def main() -> None:
                                  "loadavg_start": Path("/proc/loadavg").read_text().strip(), "runs": {}}  # fmt: skip
     runs: dict[str, list[dict[str, object]]] = {}
     report["runs"] = runs
+    arrivals = [a for a in args.arrivals.split(",") if a in ARRIVALS]
     common = {"ramp_s": args.ramp_seconds, "hold_s": args.hold_seconds, "repeats": args.repeats}
 
     def save() -> None:  # after every search: a run cut short keeps what it measured
@@ -154,10 +156,10 @@ def main() -> None:
         s, slo = SERVICE_MS / 1e3, 0.020
         report["refserver_known_rps"] = {"uniform": 1 / s, "poisson": md1_capacity_rps(s, slo, 90),
                                          "bursty": lindley_capacity(s, slo, 90, BURSTINESS)}  # fmt: skip
-        argv = [sys.executable, "-m", "loadgen.refserver", "--port", str(PORT), "--behaviour", "fifo",
+        argv = [sys.executable, "-m", "etude.loadgen.refserver", "--port", str(PORT), "--behaviour", "fifo",
                 "--delay-ms", f"{SERVICE_MS:g}"]  # fmt: skip
         with server(argv, args.out / "refserver.log", 30) as url:
-            for a in ARRIVALS:
+            for a in arrivals:
                 runs.setdefault("refserver", []).append(search(
                     url, args.out / f"refserver-{a}", arrivals=a, catalog_size=10_000, target_rps=150, slo_ms=20.0,
                     **common))  # fmt: skip
@@ -170,7 +172,7 @@ def main() -> None:
         argv = [*ETUDE, "--log-level", "WARNING", "serve", "--model-uri", str(model), "--host", "127.0.0.1",
                 "--port", str(PORT), "--threads", "1"]  # fmt: skip
         with server(argv, args.out / "gru4rec.log", 600) as url:
-            for a in ARRIVALS:
+            for a in arrivals:
                 runs.setdefault("gru4rec", []).append(search(
                     url, args.out / f"gru4rec-{a}", arrivals=a, catalog_size=1_000_000, target_rps=250,
                     slo_ms=50.0, **common))  # fmt: skip

@@ -26,15 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
+from etude.loadgen import results
 from etude.processes import NotReady, free_port, wait_ready
-from loadgen import results
 
 PY = sys.executable
 
 
 def start_server(core: int, delay_ms: float) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    cmd = ["taskset", "-c", str(core), PY, "-m", "loadgen.refserver", "--port", str(port), "--delay-ms", str(delay_ms)]
+    cmd = ["taskset", "-c", str(core), PY, "-m", "etude.loadgen.refserver", "--port", str(port),
+           "--delay-ms", str(delay_ms)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

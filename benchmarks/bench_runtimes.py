@@ -2,8 +2,8 @@
 
 Per cell, three fresh processes (so that each peak RSS is its own):
 1. `exact`: the fp32 model answers the benchmark's sessions (the recall reference);
-2. `export`: `models.export.export_model` writes the artifact (wall time, peak RSS);
-3. `serve`: `models.export.load_model` (the server's loader and contract check), a warm-up, then serial batches
+2. `export`: `etude.models.export.export_model` writes the artifact (wall time, peak RSS);
+3. `serve`: `etude.models.export.load_model` (the server's loader and contract check), a warm-up, then serial batches
    of B = 1, 32 and 256 bolcom sessions (Algorithm 1), the latency of each call; recall@21 of the B = 1 answers
    against the exact ones; the process's peak RSS.
 
@@ -41,7 +41,7 @@ def _peak_rss_mb() -> float:
 
 
 def _sessions(catalog_size: int, n: int) -> list[np.ndarray]:
-    from models.microbench import synthetic_sessions
+    from etude.models.microbench import synthetic_sessions
 
     return synthetic_sessions(catalog_size, n, seed=42)
 
@@ -59,7 +59,7 @@ def _batch(sessions: list[np.ndarray]) -> tuple[Any, Any]:
 def child_exact(model: str, catalog_size: int, n: int, out: str) -> dict[str, Any]:
     import torch
 
-    from models.registry import build_model
+    from etude.models.registry import build_model
 
     m = build_model(model, catalog_size, 42)
     ids = []
@@ -71,7 +71,7 @@ def child_exact(model: str, catalog_size: int, n: int, out: str) -> dict[str, An
 
 
 def child_export(model: str, catalog_size: int, runtime: str, out: str) -> dict[str, Any]:
-    from models.export import export_model
+    from etude.models.export import export_model
 
     t0 = time.perf_counter_ns()
     export_model(model, catalog_size, runtime, out, seed=42)
@@ -85,7 +85,7 @@ def child_export(model: str, catalog_size: int, runtime: str, out: str) -> dict[
 def child_serve(path: str, catalog_size: int, n: int, exact_path: str) -> dict[str, Any]:
     import torch
 
-    from models.export import load_model
+    from etude.models.export import load_model
 
     t0 = time.perf_counter_ns()
     module = load_model(path, "cpu")

@@ -26,7 +26,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from loadgen.workload import SyntheticWorkload, workload_laws  # noqa: E402
+from etude.loadgen.workload import SyntheticWorkload, workload_laws  # noqa: E402
 
 WORKLOADS: dict[str, dict[str, object]] = {
     "preset bolcom": {"preset": "bolcom"},

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from etude.local import ITEM_TABLES, memory_needed_bytes  # noqa: E402
-from models.common import embedding_dim  # noqa: E402
+from etude.models.common import embedding_dim  # noqa: E402
 
 log = logging.getLogger("memory")
 ETUDE = [sys.executable, "-m", "etude", "--log-level", "WARNING"]

@@ -6,7 +6,7 @@ wrapped in the server's `Predictor` (so a timed batch includes padding the sessi
 Per batch size B: the server's 3 warm-up batches, then --repeats batches of distinct bol.com-preset sessions (`etude
 microbench`'s sessions), k = 21. Bounds, measured at the start and the end of the run on this machine:
 
-- B = 1: the bandwidth bound, C * d * 4 bytes at the measured read bandwidth (`models.microbench`);
+- B = 1: the bandwidth bound, C * d * 4 bytes at the measured read bandwidth (`etude.models.microbench`);
 - B >= 2: the fp32 compute bound, 2 * B * C * d FLOPs at the measured sgemm rate (the best of several
   4096 x 4096 fp32 products), per session 2 * C * d FLOPs.
 
@@ -57,8 +57,8 @@ def _timed_ns(fn: Callable[[], object]) -> int:
 
 
 def machine_rates(catalog_size: int) -> dict[str, float]:
-    from models.common import embedding_dim
-    from models.microbench import read_bandwidth_gbs
+    from etude.models.common import embedding_dim
+    from etude.models.microbench import read_bandwidth_gbs
 
     size = min(1 << 30, max(1 << 26, 4 * catalog_size * embedding_dim(catalog_size) * 4))
     return {"sgemm_gflops": round(sgemm_gflops(), 1), "read_bandwidth_gbs": round(read_bandwidth_gbs("cpu", size), 1)}
@@ -70,10 +70,10 @@ def measure_model(
     """Per runtime and batch size: ms per batch (median, min) over `repeats` batches after the warm-up batches."""
     import torch
 
-    from models.export import to_torchscript
-    from models.microbench import synthetic_sessions
-    from models.registry import build_model
-    from serving.model import WARMUP_PASSES, Predictor, Query
+    from etude.models.export import to_torchscript
+    from etude.models.microbench import synthetic_sessions
+    from etude.models.registry import build_model
+    from etude.serving.model import WARMUP_PASSES, Predictor, Query
 
     torch.set_num_threads(threads)
     needed = sum(b * (repeats + WARMUP_PASSES) for b in batches)
@@ -105,7 +105,7 @@ def measure_model(
 
 def add_bounds(cells: list[Row], rates: dict[str, float]) -> None:
     """Each cell's bound (bandwidth for B = 1, compute otherwise) and its ratio to it."""
-    from models.common import embedding_dim
+    from etude.models.common import embedding_dim
 
     for cell in cells:
         c, b = int(cell["catalog_size"]), int(cell["batch"])

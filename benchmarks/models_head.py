@@ -23,8 +23,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from models.common import top_k_items
-from models.microbench import read_bandwidth_gbs
+from etude.models.common import top_k_items
+from etude.models.microbench import read_bandwidth_gbs
 
 K = 21
 

@@ -13,10 +13,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from loadgen.compare import ks_distance, shape, synthetic_marginals  # noqa: E402
-from loadgen.fit import read_clicklog, summary  # noqa: E402
-from loadgen.fitted import fit_workload  # noqa: E402
-from loadgen.workload import workload_laws  # noqa: E402
+from etude.loadgen.compare import ks_distance, shape, synthetic_marginals  # noqa: E402
+from etude.loadgen.fit import read_clicklog, summary  # noqa: E402
+from etude.loadgen.fitted import fit_workload  # noqa: E402
+from etude.loadgen.workload import workload_laws  # noqa: E402
 
 DEFAULT_LOGS = [ROOT.parent / "shared" / "data" / n for n in ("rsc15_100k_sessionrec.csv",
                                                               "diginetica_sample_srgnn.csv")]  # fmt: skip

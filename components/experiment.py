@@ -8,7 +8,7 @@ Per variant (model x runtime x instance type x replicas), as children of the com
 3. `<name>-<variant>-loadgen`: the load-generator Job, created once the servers are ready, awaited to completion
    (timeout = the measurement's longest duration, `etude.commands.run_duration_s`, + margin); its name carries
    `runId`, so a new runId runs a new Job, servers untouched;
-4. `<name>-<variant>-results`: `summary.json` read back from the bucket (`components.results`).
+4. `<name>-<variant>-results`: `summary.json` read back from the bucket (`etude.components.results`).
 
 A workload file given as a local path (`clicklog` or `fitted`) is uploaded once, as `<name>-workload` (a
 BucketObject under `gs://<bucket>/workloads/`), and the Jobs read it from there; a gs:// URI is passed as is.
@@ -31,16 +31,6 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 from pulumi import Input, Output, ResourceOptions
 
-from components.manifests import (
-    job_timeout_s,
-    loadgen_job,
-    server_deployment,
-    server_scale_down,
-    server_service,
-    server_url,
-    shard_arg,
-)
-from components.results import VariantResults
 from etude.commands import (
     export_command,
     loadgen_command,
@@ -50,6 +40,16 @@ from etude.commands import (
     serve_command,
     workload_object,
 )
+from etude.components.manifests import (
+    job_timeout_s,
+    loadgen_job,
+    server_deployment,
+    server_scale_down,
+    server_service,
+    server_url,
+    shard_arg,
+)
+from etude.components.results import VariantResults
 from etude.spec import PROJECT_DIR, Experiment, SpecError, Variant
 
 SERVER_TIMEOUT = "30m"  # GPU nodes on Autopilot take minutes, a 20M-item model takes minutes to export and load

@@ -17,10 +17,10 @@ from etude import __version__
 from etude.errors import UsageError
 
 VERB_MODULES = (
-    "loadgen.workload_cli",  # generate, fit
-    "loadgen.cli",  # loadgen
-    "models.cli",  # export, microbench
-    "serving.cli",  # serve
+    "etude.loadgen.workload_cli",  # generate, fit
+    "etude.loadgen.cli",  # loadgen
+    "etude.models.cli",  # export, microbench
+    "etude.serving.cli",  # serve
     "etude.local",  # local
     "etude.report",  # report
 )

@@ -384,7 +384,7 @@ class LocalRun:
             log.info("variant %s done: results in %s", v.key, outcome.results)
 
     def _target_at(self, elapsed_s: float) -> int:
-        from loadgen.schedule import rate_at
+        from etude.loadgen.schedule import rate_at
 
         return rate_at(elapsed_s, self.exp.scenario.target_rps, self.ramp_s, self.hold_s)
 

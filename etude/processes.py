@@ -133,14 +133,14 @@ class NotReady(Exception):
 
 def wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> float:
     """Wait, outside any event loop, until the server `proc` at `base_url` is ready (GET /ping answers 200; the
-    load generator's check, loadgen.client.wait_ready); returns the seconds it took. NotReady if `proc` exits
+    load generator's check, etude.loadgen.client.wait_ready); returns the seconds it took. NotReady if `proc` exits
     first or time runs out."""
     import asyncio
 
     import aiohttp
 
     from etude.errors import UsageError
-    from loadgen.client import wait_ready as poll
+    from etude.loadgen.client import wait_ready as poll
 
     async def check() -> float:
         async with aiohttp.ClientSession() as http:

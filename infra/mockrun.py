@@ -1,7 +1,7 @@
 """Run the Pulumi program of a stack under Pulumi's mocks: what it would declare, without cloud or Pulumi CLI.
 
-    python -m infra.mockrun fashion                    # a summary: resources by type, stack outputs
-    python -m infra.mockrun fashion --json out.json    # everything: resources with inputs, parents, dependencies
+    python -m etude.infra.mockrun fashion                    # a summary: resources by type, stack outputs
+    python -m etude.infra.mockrun fashion --json out.json    # everything: resources with inputs, parents, dependencies
 
 Config comes from `Pulumi.<stack>.yaml` (`--set key=value` overrides or adds a value; values are YAML).
 A use-case stack's StackReference to its platform answers with `MOCK_PLATFORM`; the results reader answers
@@ -95,8 +95,8 @@ def run(stack: str, overrides: dict[str, Any] | None = None, *, preview: bool = 
     from pulumi.runtime import mocks, rpc, settings
     from pulumi.runtime.stack import run_in_stack
 
-    from components.results import metrics_from_summary
-    from infra.config import read_config
+    from etude.components.results import metrics_from_summary
+    from etude.infra.config import read_config
 
     doc = yaml.safe_load(stack_file(stack).read_text()) or {}
     config: dict[str, Any] = dict(doc.get("config") or {})
@@ -221,7 +221,7 @@ def run(stack: str, overrides: dict[str, Any] | None = None, *, preview: bool = 
         "resources": records,
         "outputs": outputs,
         "logs": logs,
-        "modules": sorted({name.partition(".")[0] for name in sys.modules}),
+        "modules": sorted(sys.modules),
     }
 
 
@@ -249,7 +249,8 @@ def start(stack: str, overrides: dict[str, Any] | None = None, *, preview: bool 
     if key in _PENDING or key in _DONE:
         return
     out = Path(tempfile.mkdtemp(prefix="etude-mockrun-")) / "run.json"
-    argv = [sys.executable, "-m", "infra.mockrun", stack, "--json", str(out), "--quiet"] + (["--preview"] * preview)
+    argv = [sys.executable, "-m", "etude.infra.mockrun", stack, "--json", str(out), "--quiet"]
+    argv += ["--preview"] * preview
     for name, value in (overrides or {}).items():
         argv += ["--set", f"{name}={json.dumps(value)}"]  # JSON is YAML
     proc = subprocess.Popen(argv, cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -274,7 +275,7 @@ def result(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.mockrun", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m etude.infra.mockrun", description=__doc__.split("\n")[0])
     parser.add_argument("stack")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     parser.add_argument("--json", type=Path, help="write the full result here")

@@ -21,8 +21,8 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 from pulumi import Output, ResourceOptions
 
-from infra.config import PlatformSettings
-from infra.kubeconfig import gke_kubeconfig
+from etude.infra.config import PlatformSettings
+from etude.infra.kubeconfig import gke_kubeconfig
 
 APIS = (
     "cloudresourcemanager.googleapis.com",  # the project's number (get_project_output) for the image-pull grant

@@ -1,6 +1,6 @@
 """The Pulumi program behind `__main__.py`: a platform, an experiment, or both, from a validated `StackConfig`.
 
-`__main__.py` validates all config first (`infra.config`) and only then calls `build`, so invalid config fails
+`__main__.py` validates all config first (`etude.infra.config`) and only then calls `build`, so invalid config fails
 before any resource is declared.
 
 Naming a platform stack: `etude:platformStack: dev` becomes the StackReference
@@ -18,12 +18,12 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi import ResourceOptions
 
-from components.experiment import EtudeExperiment, EtudeExperimentArgs, peak_gpus
 from etude.catalog import INSTANCE_TYPES
+from etude.components.experiment import EtudeExperiment, EtudeExperimentArgs, peak_gpus
+from etude.infra.config import StackConfig
+from etude.infra.image import build_images, given_images
+from etude.infra.platform import Platform, PlatformArgs, PlatformOutputs
 from etude.spec import Experiment, SpecError
-from infra.config import StackConfig
-from infra.image import build_images, given_images
-from infra.platform import Platform, PlatformArgs, PlatformOutputs
 
 PLATFORM_NAME = "etude"
 

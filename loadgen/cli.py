@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from etude import sustained
 from etude.commands import LOADGEN_TIMEOUT_S
 from etude.errors import UsageError
-from loadgen.workload_cli import add_workload_args, check_workload, laws_from_args
+from etude.loadgen.workload_cli import add_workload_args, check_workload, laws_from_args
 
 if TYPE_CHECKING:
     import asyncio
@@ -32,10 +32,10 @@ if TYPE_CHECKING:
 
     import numpy as np
 
+    from etude.loadgen.results import Search
+    from etude.loadgen.runner import RunConfig, Runner, RunResult
+    from etude.loadgen.schedule import Arrivals
     from etude.results import RunSpec, Summary
-    from loadgen.results import Search
-    from loadgen.runner import RunConfig, Runner, RunResult
-    from loadgen.schedule import Arrivals
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -180,7 +180,7 @@ def sessions(args: argparse.Namespace, shard: Shard) -> Iterator[np.ndarray]:
     shards together replay exactly the unsharded stream, with the same catalog popularity."""
     from itertools import islice
 
-    from loadgen.workload import SyntheticWorkload, clicklog_sessions
+    from etude.loadgen.workload import SyntheticWorkload, clicklog_sessions
 
     if args.clicklog is not None:
         stream = clicklog_sessions(args.clicklog, args.catalog_size, loop=True)
@@ -225,9 +225,9 @@ def arrival_seed(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from loadgen import results
-    from loadgen.runner import RunConfig
-    from loadgen.schedule import Arrivals, shard_rate, tick_targets
+    from etude.loadgen import results
+    from etude.loadgen.runner import RunConfig
+    from etude.loadgen.schedule import Arrivals, shard_rate, tick_targets
 
     validate(args)
     url = base_url(args.url)
@@ -382,8 +382,8 @@ def run(
     installed); SIGINT/SIGTERM stop it early. (None, None, signal) when a signal came before the measurement."""
     import asyncio
 
-    from loadgen.runner import Runner, client_session
-    from loadgen.search import find_capacity
+    from etude.loadgen.runner import Runner, client_session
+    from etude.loadgen.search import find_capacity
 
     runner = Runner(config, stream)
     got: list[int] = []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadgen.workload import Law
+from etude.loadgen.workload import Law
 
 TOP_SHARES = (0.01, 0.10, 0.50)
 
@@ -72,7 +72,7 @@ def synthetic_marginals(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(session lengths, per-item click counts of the items clicked) of `clicks` synthetic clicks of a
     `SyntheticWorkload` built from `laws` = (session length law, item clicks law)."""
-    from loadgen.workload import SyntheticWorkload
+    from etude.loadgen.workload import SyntheticWorkload
 
     synthetic = SyntheticWorkload(catalog_size, laws[0], laws[1], seed)
     sessions, items = [], []

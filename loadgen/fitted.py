@@ -4,7 +4,7 @@ by every verb that takes `--workload FILE` (docs/design.md, "The workload model 
 Each marginal (session lengths, per-item click counts) is the log's empirical distribution below x_min
 (probabilities of 1, 2, ..., x_min - 1) and a fitted tail on [x_min, x_max] holding the rest of the mass: a
 discrete truncated power law or a truncated geometric law, each fitted by maximum likelihood with its x_min
-chosen by KS distance over the tail (Clauset, Shalizi and Newman 2009; `loadgen.fit`); of the two, the one
+chosen by KS distance over the tail (Clauset, Shalizi and Newman 2009; `etude.loadgen.fit`); of the two, the one
 whose whole-range model (body + tail) is closer to the log in KS distance is kept. x_min is at most
 MAX_BODY + 1, so a file holds at most 2 x MAX_BODY probabilities; a marginal with fewer than MIN_DISTINCT
 distinct values (nothing to fit a tail to) is all body.
@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from etude.errors import UsageError
-from loadgen.fit import (
+from etude.loadgen.fit import (
     MIN_DISTINCT,
     ClickLog,
     GeometricFit,
@@ -32,7 +32,7 @@ from loadgen.fit import (
     geometric_cdf,
     read_clicklog,
 )
-from loadgen.workload import MAX_SUPPORT_SIZE, PowerLaw, TabulatedLaw
+from etude.loadgen.workload import MAX_SUPPORT_SIZE, PowerLaw, TabulatedLaw
 
 VERSION: Literal[1] = 1
 MAX_BODY = 1000

@@ -10,8 +10,8 @@ previous completion), completion = start + service) and a thread writes each ans
 slack never adds up: it carries 1 / service time under evenly spread arrivals and behaves as an M/D/1 queue under
 Poisson arrivals. Run it in its own process for measurements (in a thread it shares the GIL with the client).
 
-    python -m loadgen.refserver --port 8099 --behaviour ok --delay-ms 0
-    python -m loadgen.refserver --port 8099 --behaviour fifo --delay-ms 5
+    python -m etude.loadgen.refserver --port 8099 --behaviour ok --delay-ms 0
+    python -m etude.loadgen.refserver --port 8099 --behaviour fifo --delay-ms 5
 """
 
 from __future__ import annotations

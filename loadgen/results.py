@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from etude import storage
+from etude.loadgen import client
+from etude.loadgen.schedule import NS_PER_S, is_hold_tick
 from etude.results import (
     COUNT_COLUMNS,
     REQUEST_COLUMNS,
@@ -36,14 +38,12 @@ from etude.results import (
     Summary,
 )
 from etude.sustained import min_answers
-from loadgen import client
-from loadgen.schedule import NS_PER_S, is_hold_tick
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    from loadgen.runner import RunResult
+    from etude.loadgen.runner import RunResult
 
 log = logging.getLogger(__name__)
 

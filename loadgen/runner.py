@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING
 
 from etude.commands import DEFAULT_K
 from etude.errors import UsageError
+from etude.loadgen import client
+from etude.loadgen.schedule import NS_PER_S, Arrivals, due_times_ns
 from etude.results import COUNT_COLUMNS
 from etude.sustained import HOLD_GAP_S
-from loadgen import client
-from loadgen.schedule import NS_PER_S, Arrivals, due_times_ns
 
 if TYPE_CHECKING:
     import aiohttp

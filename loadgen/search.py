@@ -8,9 +8,9 @@ import logging
 from typing import TYPE_CHECKING
 
 from etude import sustained
-from loadgen import results
-from loadgen.runner import Phase, Runner, StopRule
-from loadgen.schedule import Arrivals, tick_targets
+from etude.loadgen import results
+from etude.loadgen.runner import Phase, Runner, StopRule
+from etude.loadgen.schedule import Arrivals, tick_targets
 
 if TYPE_CHECKING:
     from etude.results import Hold, RunSpec

@@ -8,7 +8,7 @@ CDF of those C counts: item i is clicked with probability counts[i] / sum(counts
 Laws and supports
 - Exponent mode (`--alpha-length A --alpha-clicks B`, 0 < alpha <= 10): session lengths on [1, 200]
   (`SESSION_LENGTH_SUPPORT`), item click counts on [1, 100000] (`ITEM_CLICKS_SUPPORT`).
-- A fitted workload (`--workload FILE`, `loadgen.fitted`): `TabulatedLaw`s, drawn by quantiles in shuffled
+- A fitted workload (`--workload FILE`, `etude.loadgen.fitted`): `TabulatedLaw`s, drawn by quantiles in shuffled
   passes and from an urn of item clicks (see `TabulatedLaw`, `ItemUrn`, `Shuffle`).
 - Presets reproduce the fits in docs/design.md ("Workload presets"), `scipy.stats.powerlaw(a, loc, scale)` with
   density proportional to (t - loc)^-(1 - a) on [loc, loc + scale]. A click count or session length is an
@@ -422,7 +422,7 @@ def clicklog_sessions(path: str, catalog_size: int, *, loop: bool = False) -> It
     file's order is kept. `loop=True` starts over at the end. The file is read and checked before this
     returns: a missing, unreadable, empty or malformed log raises UsageError here, not during iteration.
     """
-    from loadgen.fit import read_clicklog
+    from etude.loadgen.fit import read_clicklog
 
     if isinstance(catalog_size, bool) or not isinstance(catalog_size, int | np.integer) or catalog_size < 1:
         raise UsageError(f"catalog size must be an integer >= 1, got {catalog_size!r}")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from etude.errors import UsageError
 
 if TYPE_CHECKING:
-    from loadgen.workload import Law
+    from etude.loadgen.workload import Law
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,10 @@ def _either(*values: float | None) -> float | None:
 
 def laws_from_args(args: argparse.Namespace) -> tuple[Law, Law]:
     """(session length law, item clicks law) from the flags of `add_workload_args`; UsageError when invalid."""
-    from loadgen.workload import workload_laws
+    from etude.loadgen.workload import workload_laws
 
     if args.workload is not None:
-        from loadgen.fitted import read_workload
+        from etude.loadgen.fitted import read_workload
 
         return read_workload(args.workload).laws()
     return workload_laws(args.preset, args.alpha_length, args.alpha_clicks)
@@ -115,8 +115,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_fit(args: argparse.Namespace) -> int:
     from etude import storage
-    from loadgen.fit import read_clicklog, summary
-    from loadgen.fitted import fit_workload, write_workload
+    from etude.loadgen.fit import read_clicklog, summary
+    from etude.loadgen.fitted import fit_workload, write_workload
 
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
@@ -129,7 +129,7 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.out is not None:
         write_workload(model, args.out)
     if args.compare:
-        from loadgen.compare import ccdf_plot, side_by_side, synthetic_marginals
+        from etude.loadgen.compare import ccdf_plot, side_by_side, synthetic_marginals
 
         real = (log_.session_lengths(), log_.item_clicks())
         synthetic = synthetic_marginals(model.laws(), len(log_), model.items, args.seed)
@@ -164,7 +164,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if not path.parent.is_dir():
         raise UsageError(f"--out {out}: folder {path.parent} does not exist")
 
-    from loadgen.workload import SyntheticWorkload
+    from etude.loadgen.workload import SyntheticWorkload
 
     started_ns = time.perf_counter_ns()
     workload = SyntheticWorkload(args.catalog_size, session_length, item_clicks, args.seed)

@@ -81,7 +81,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from models.export import export_model
+    from etude.models.export import export_model
 
     export_model(args.model, args.catalog_size, args.runtime, args.out, seed=args.seed, if_missing=args.if_missing,
                  device=args.device)
@@ -89,7 +89,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _import_recbole(args: argparse.Namespace) -> int:
-    from models.recbole_import import import_recbole
+    from etude.models.recbole_import import import_recbole
 
     import_recbole(args.checkpoint, args.runtime, args.out, device=args.device, if_missing=args.if_missing)
     return 0
@@ -103,8 +103,8 @@ def _csv(text: str, flag: str) -> list[str]:
 
 
 def _microbench(args: argparse.Namespace) -> int:
-    from models.microbench import run
-    from models.registry import check_name
+    from etude.models.microbench import run
+    from etude.models.registry import check_name
 
     models = [check_name(m) for m in _csv(args.models, "--models")]
     runtimes = _csv(args.runtimes, "--runtimes")

@@ -10,7 +10,7 @@ scores and does not change the ranking, so it is left out of inference.
 import torch
 from torch import Tensor, nn
 
-from models.common import (
+from etude.models.common import (
     MAX_SESSION_LENGTH,
     SessionModel,
     TransformerEncoder,

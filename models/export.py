@@ -30,8 +30,8 @@ from typing import Any
 
 from etude import storage
 from etude.errors import UsageError
+from etude.models.runtimes import TORCHSCRIPT_RUNTIMES, artifact_kind, export_bytes, load_bytes
 from etude.spec import EXPORT_DEVICES, RUNTIMES
-from models.runtimes import TORCHSCRIPT_RUNTIMES, artifact_kind, export_bytes, load_bytes
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def export_model(
 
     Returns False when `if_missing` and `out` exists (nothing done). The file is written whole or not at all.
     """
-    from models.registry import build_model, check_name
+    from etude.models.registry import build_model, check_name
 
     check_name(name)
     if catalog_size < 1:

@@ -8,7 +8,7 @@ the model's device (`common.session_graph`), not numpy.
 
 from torch import Tensor
 
-from models.common import (
+from etude.models.common import (
     MAX_SESSION_LENGTH,
     GNNCell,
     SessionModel,

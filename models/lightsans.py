@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from models.common import MAX_SESSION_LENGTH, SessionModel, gather_last, heads_for
+from etude.models.common import MAX_SESSION_LENGTH, SessionModel, gather_last, heads_for
 
 
 class ItemToInterest(nn.Module):

@@ -1,10 +1,10 @@
 """The micro-benchmark (paper Fig. 3): serial requests, one model x runtime x catalog size at a time.
 
 Each cell builds the built-in model with seeded random weights on the device, turns it into what the runtime
-serves (`models.export.runtime_module`: the same export and loader as `etude export` and `etude serve`), warms it up,
-then sends `requests` synthetic sessions one after another and times each call from building the input tensors
-to the top-k ids back on the host (`torch.cuda.synchronize` on a GPU). Sessions follow the bol.com preset
-(`loadgen.workload`, Algorithm 1) and keep their most recent 50 items, as the server does.
+serves (`etude.models.export.runtime_module`: the same export and loader as `etude export` and `etude serve`),
+warms it up, then sends `requests` synthetic sessions one after another and times each call from building the
+input tensors to the top-k ids back on the host (`torch.cuda.synchronize` on a GPU). Sessions follow the bol.com preset
+(`etude.loadgen.workload`, Algorithm 1) and keep their most recent 50 items, as the server does.
 
 Runtimes: every runtime of etude.spec.RUNTIMES (models/export.py, models/runtimes.py); `python` (not exportable,
 only measured here) runs the nn.Module in Python eager mode, the paper's "eager execution". Each cell's recall is
@@ -86,9 +86,9 @@ def read_bandwidth_gbs(device: str = "cpu", size_bytes: int = 1 << 30, repeats: 
 def synthetic_sessions(catalog_size: int, n: int, seed: int, max_len: int = 50) -> list[np.ndarray]:
     """n sessions from the bol.com preset (Algorithm 1), each cut to its most recent `max_len` items."""
     try:
-        from loadgen.workload import SyntheticWorkload, workload_laws
+        from etude.loadgen.workload import SyntheticWorkload, workload_laws
     except ImportError:  # the load-generator package is optional here: lengths 2..50, uniform items
-        log.warning("loadgen.workload not available; sampling uniform sessions instead of the bol.com preset")
+        log.warning("etude.loadgen.workload not available; sampling uniform sessions instead of the bol.com preset")
         rng = np.random.default_rng(seed)
         return [rng.integers(0, catalog_size, size=int(rng.integers(2, max_len + 1))) for _ in range(n)]
     lengths, clicks = workload_laws("bolcom")
@@ -128,9 +128,9 @@ def measure_model(
     """Latencies (ms) and recall@k of one model at one catalog size, per runtime, after a warm-up."""
     import torch
 
-    from models.export import runtime_module
-    from models.registry import build_model
-    from models.runtimes import unsupported
+    from etude.models.export import runtime_module
+    from etude.models.registry import build_model
+    from etude.models.runtimes import unsupported
 
     torch.set_num_threads(threads)
     timed = sessions[WARMUP_REQUESTS:]
@@ -168,8 +168,8 @@ def run(
     """Measure every cell, write the CSV, JSON and plot to out_dir, return the cells."""
     import torch
 
-    from models.common import embedding_dim
-    from models.registry import check_name
+    from etude.models.common import embedding_dim
+    from etude.models.registry import check_name
 
     models = [check_name(m) for m in models]
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -6,7 +6,7 @@ RecBole's defaults: embedding 64, hidden 128 (here hidden = 2 d), one GRU layer 
 import torch
 from torch import Tensor, nn
 
-from models.common import MAX_SESSION_LENGTH, SessionModel, gather_last
+from etude.models.common import MAX_SESSION_LENGTH, SessionModel, gather_last
 
 
 class NARM(SessionModel):

@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor, nn
 
-from models.common import MAX_SESSION_LENGTH
+from etude.models.common import MAX_SESSION_LENGTH
 
 
 class Noop(nn.Module):

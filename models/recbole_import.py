@@ -296,7 +296,7 @@ def build_from_checkpoint(ckpt: Checkpoint, source: str) -> Any:
     """The built-in model with the checkpoint's hyperparameters and weights, in eval mode."""
     import torch
 
-    from models.registry import MODELS
+    from etude.models.registry import MODELS
 
     if ckpt.recbole_model not in SUPPORTED:
         raise UsageError(
@@ -344,7 +344,7 @@ def import_recbole(
 
     Returns False when `if_missing` and `out` exists (nothing done). The file is written whole or not at all.
     """
-    from models.export import _check_writable, load_model, write_artifact
+    from etude.models.export import _check_writable, load_model, write_artifact
 
     if runtime not in RUNTIMES:
         raise UsageError(f"unknown runtime {runtime!r}; known runtimes: {', '.join(RUNTIMES)}")

@@ -11,18 +11,18 @@ from collections.abc import Callable
 from torch import nn
 
 from etude.errors import UsageError
-from models.common import embedding_dim, init_weights
-from models.core import CORE
-from models.gcsan import GCSAN
-from models.gru4rec import GRU4Rec
-from models.lightsans import LightSANs
-from models.narm import NARM
-from models.noop import Noop
-from models.repeatnet import RepeatNet
-from models.sasrec import SASRec
-from models.sine import SINE
-from models.srgnn import SRGNN
-from models.stamp import STAMP
+from etude.models.common import embedding_dim, init_weights
+from etude.models.core import CORE
+from etude.models.gcsan import GCSAN
+from etude.models.gru4rec import GRU4Rec
+from etude.models.lightsans import LightSANs
+from etude.models.narm import NARM
+from etude.models.noop import Noop
+from etude.models.repeatnet import RepeatNet
+from etude.models.sasrec import SASRec
+from etude.models.sine import SINE
+from etude.models.srgnn import SRGNN
+from etude.models.stamp import STAMP
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "core": CORE,

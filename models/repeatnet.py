@@ -18,7 +18,14 @@ item outside the session is monotone in its explore logit.
 import torch
 from torch import Tensor, nn
 
-from models.common import MAX_SESSION_LENGTH, SessionModel, gather_last, prepare_session, session_nodes, top_k_items
+from etude.models.common import (
+    MAX_SESSION_LENGTH,
+    SessionModel,
+    gather_last,
+    prepare_session,
+    session_nodes,
+    top_k_items,
+)
 
 
 def _attend(scores: Tensor, pad: Tensor) -> Tensor:

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from etude.errors import UsageError
-from models.common import SessionModel, prepare_session
+from etude.models.common import SessionModel, prepare_session
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def _export_quantized(model: SessionModel, runtime: str) -> bytes:
-    from models.export import serialize
+    from etude.models.export import serialize
 
     device = model.item_embedding.weight.device
     wrapped = QuantizedModel(model, runtime, runtime == "bf16" and native_bf16(device))
@@ -352,7 +352,7 @@ def _export_ann(model: SessionModel) -> bytes:
         "index_bytes": int(data.nbytes),
     }
     log.info("ann index: %s", meta)
-    from models.export import serialize
+    from etude.models.export import serialize
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
@@ -488,7 +488,7 @@ class AnnModel(_Served):
             raise UsageError("ann models run on the CPU here (faiss-cpu)")
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             self.meta = json.loads(zf.read(ANN_MEMBER))
-            from models.export import load_torchscript
+            from etude.models.export import load_torchscript
 
             self._encoder = load_torchscript(zf.read("etude-ann/encoder.pt"), device)
             index: Any = faiss.deserialize_index(np.frombuffer(zf.read("etude-ann/index.faiss"), dtype=np.uint8))

@@ -5,7 +5,14 @@ RecBole's defaults: 2 layers, 2 heads, inner size 4 d (256 at d = 64), LayerNorm
 
 from torch import Tensor, nn
 
-from models.common import MAX_SESSION_LENGTH, SessionModel, TransformerEncoder, attention_mask, gather_last, heads_for
+from etude.models.common import (
+    MAX_SESSION_LENGTH,
+    SessionModel,
+    TransformerEncoder,
+    attention_mask,
+    gather_last,
+    heads_for,
+)
 
 
 class SASRec(SessionModel):

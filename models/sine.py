@@ -11,7 +11,7 @@ ranking RecBole's).
 import torch
 from torch import Tensor, nn
 
-from models.common import MAX_SESSION_LENGTH, SessionModel
+from etude.models.common import MAX_SESSION_LENGTH, SessionModel
 
 
 class SINE(SessionModel):

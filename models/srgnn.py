@@ -8,7 +8,7 @@ device, so the scripted model handles every session structure.
 import torch
 from torch import Tensor, nn
 
-from models.common import MAX_SESSION_LENGTH, GNNCell, SessionModel, gather_last, session_graph
+from etude.models.common import MAX_SESSION_LENGTH, GNNCell, SessionModel, gather_last, session_graph
 
 
 class SRGNN(SessionModel):

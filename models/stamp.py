@@ -8,7 +8,7 @@ trained padding row is not zero, so this is what makes the ranking RecBole's.
 import torch
 from torch import Tensor, nn
 
-from models.common import MAX_SESSION_LENGTH, SessionModel, gather_last
+from etude.models.common import MAX_SESSION_LENGTH, SessionModel, gather_last
 
 
 class STAMP(SessionModel):

@@ -22,11 +22,11 @@ from aiohttp import web
 from etude import server_defaults as defaults
 from etude.commands import PING_PATH, RECOMMEND_PATH
 from etude.errors import UsageError
-from serving.batcher import DynamicBatcher, short_reason
-from serving.errors import NotReady, PayloadTooLarge, ServingError
-from serving.metrics import CONTENT_TYPE, Metrics
-from serving.model import Predictor, Query
-from serving.protocol import parse_query
+from etude.serving.batcher import DynamicBatcher, short_reason
+from etude.serving.errors import NotReady, PayloadTooLarge, ServingError
+from etude.serving.metrics import CONTENT_TYPE, Metrics
+from etude.serving.model import Predictor, Query
+from etude.serving.protocol import parse_query
 
 log = logging.getLogger(__name__)
 

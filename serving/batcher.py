@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from serving.errors import BatchFailed, NotReady, Overloaded
+from etude.serving.errors import BatchFailed, NotReady, Overloaded
 
 log = logging.getLogger(__name__)
 

@@ -45,8 +45,8 @@ def serve_verb(args: argparse.Namespace) -> int:
 
     import torch
 
-    from serving.app import InferenceServer, Settings, serve
-    from serving.model import load_model
+    from etude.serving.app import InferenceServer, Settings, serve
+    from etude.serving.model import load_model
 
     _check(args)
     if args.device == "cuda" and not torch.cuda.is_available():

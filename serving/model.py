@@ -33,7 +33,7 @@ class Query:
 
 def load_model(uri: str, device: str) -> Any:
     """Load and check a serialized model from a local path or gs:// URI; a UsageError names what is wrong."""
-    from models.export import load_model as load_exported  # the one loader: it also checks the contract
+    from etude.models.export import load_model as load_exported  # the one loader: it also checks the contract
 
     return load_exported(uri, device)
 

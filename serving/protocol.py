@@ -11,8 +11,8 @@ import json
 from typing import Any
 
 from etude.commands import DEFAULT_K
-from serving.errors import InvalidRequest
-from serving.model import Query
+from etude.serving.errors import InvalidRequest
+from etude.serving.model import Query
 
 
 def parse_query(body: bytes, *, catalog_size: int, max_session_length: int) -> Query:

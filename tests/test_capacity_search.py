@@ -23,12 +23,12 @@ import pytest
 from conftest import free_port
 
 from etude import sustained
+from etude.loadgen import results
+from etude.loadgen.refserver import md1_capacity_rps, md1_wait_cdf
+from etude.loadgen.runner import RunConfig, Runner, client_session
+from etude.loadgen.schedule import Arrivals
+from etude.loadgen.search import _judge, find_capacity, knee_rps
 from etude.results import Hold, RunSpec
-from loadgen import results
-from loadgen.refserver import md1_capacity_rps, md1_wait_cdf
-from loadgen.runner import RunConfig, Runner, client_session
-from loadgen.schedule import Arrivals
-from loadgen.search import _judge, find_capacity, knee_rps
 
 SERVICE_MS = 10.0
 
@@ -100,7 +100,7 @@ def fifo_url() -> Iterator[str]:
     """The fifo reference server in its own process (a thread would share the GIL with the client)."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loadgen.refserver", "--port", str(port), "--behaviour", "fifo",
+        [sys.executable, "-m", "etude.loadgen.refserver", "--port", str(port), "--behaviour", "fifo",
          "--delay-ms", str(SERVICE_MS)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip

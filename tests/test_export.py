@@ -1,4 +1,4 @@
-"""`etude export` and `models.export.load_model`: the serialized-model contract, gs://, bad input."""
+"""`etude export` and `etude.models.export.load_model`: the serialized-model contract, gs://, bad input."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from etude import storage
 from etude.cli import main
 from etude.errors import UsageError
-from models.export import load_model
+from etude.models.export import load_model
 
 C = 200
 
@@ -74,8 +74,8 @@ def test_same_seed_same_model_and_runtimes_agree(tmp_path: Path) -> None:
 def test_a_cuda_artifact_is_frozen_but_not_optimised_for_this_cpu_build(tmp_path: Path) -> None:
     """The export runs on the CPU; `optimize_for_inference` would bake this CPU build's choices into what a GPU
     server loads, so the cuda artifact stops at freezing. Both answer alike."""
-    from models.export import CONTRACT_ATTRS, to_torchscript
-    from models.registry import build_model
+    from etude.models.export import CONTRACT_ATTRS, to_torchscript
+    from etude.models.registry import build_model
 
     cuda = to_torchscript(build_model("gru4rec", C, 7), "jit", "cuda")
     frozen = torch.jit.freeze(torch.jit.script(build_model("gru4rec", C, 7).eval()),

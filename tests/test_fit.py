@@ -12,8 +12,8 @@ import pytest
 
 from etude.cli import main
 from etude.errors import UsageError
-from loadgen.fit import fit_clicklog, fit_power_law, power_sum, read_clicklog
-from loadgen.workload import PowerLaw, workload_laws
+from etude.loadgen.fit import fit_clicklog, fit_power_law, power_sum, read_clicklog
+from etude.loadgen.workload import PowerLaw, workload_laws
 
 
 @pytest.mark.parametrize("alpha", [0.05, 0.5, 1.0 - 1e-13, 1.0, 1.5, 2.5, 9.5])

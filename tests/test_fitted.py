@@ -13,10 +13,10 @@ import pytest
 
 from etude.cli import main
 from etude.errors import UsageError
-from loadgen.compare import ks_distance, shape, side_by_side, synthetic_marginals
-from loadgen.fit import ClickLog, fit_geometric, read_clicklog
-from loadgen.fitted import MAX_BODY, VERSION, WorkloadModel, fit_marginal, fit_workload, read_workload
-from loadgen.workload import ItemUrn, Shuffle, SyntheticWorkload, TabulatedLaw
+from etude.loadgen.compare import ks_distance, shape, side_by_side, synthetic_marginals
+from etude.loadgen.fit import ClickLog, fit_geometric, read_clicklog
+from etude.loadgen.fitted import MAX_BODY, VERSION, WorkloadModel, fit_marginal, fit_workload, read_workload
+from etude.loadgen.workload import ItemUrn, Shuffle, SyntheticWorkload, TabulatedLaw
 
 SHARED_LOGS = ["rsc15_100k_sessionrec.csv", "diginetica_sample_srgnn.csv"]
 
@@ -76,7 +76,7 @@ def test_the_geometric_fit_recovers_its_decay() -> None:
 
 @pytest.mark.parametrize("law", ["geometric", "power_law", "lognormal"])
 def test_the_whole_range_model_is_close_to_the_data(law: str) -> None:
-    from loadgen.workload import PowerLaw
+    from etude.loadgen.workload import PowerLaw
 
     rng = np.random.default_rng(23)
     draws = {"geometric": lambda: rng.geometric(0.2, 30_000),

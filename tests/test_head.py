@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from models.common import block_rows_for, top_k_items
+from etude.models.common import block_rows_for, top_k_items
 
 Head = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 HEADS: dict[str, Head] = {"python": top_k_items, "scripted": torch.jit.script(top_k_items)}

@@ -1,4 +1,4 @@
-"""The Kubernetes objects the Pulumi program declares (under mocks, infra.mockrun): valid against the Kubernetes
+"""The Kubernetes objects the Pulumi program declares (under mocks, etude.infra.mockrun): valid against the Kubernetes
 schema in strict mode, locked down, scheduled on the right hardware, and running exactly the command lines of
 etude.commands, the ones `etude local` runs too."""
 
@@ -10,7 +10,16 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from components.manifests import (
+from etude.commands import (
+    SERVER_PORT,
+    export_command,
+    loadgen_command,
+    loadgen_shards,
+    model_uri,
+    results_uri,
+    serve_command,
+)
+from etude.components.manifests import (
     ACCELERATOR_LABEL,
     COMPLETION_INDEX_ANNOTATION,
     GPU_RESOURCE,
@@ -21,17 +30,8 @@ from components.manifests import (
     k8s_name,
     label_value,
 )
-from etude.commands import (
-    SERVER_PORT,
-    export_command,
-    loadgen_command,
-    loadgen_shards,
-    model_uri,
-    results_uri,
-    serve_command,
-)
+from etude.infra import mockrun
 from etude.spec import Experiment, available_stacks, load_stack, spec_from_config, stack_file
-from infra import mockrun
 
 K8S_VERSION = "1.33.0"  # GKE's REGULAR channel
 USE_CASES = available_stacks()

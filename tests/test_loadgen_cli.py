@@ -18,13 +18,13 @@ import pytest
 from etude import storage
 from etude.cli import main
 from etude.commands import loadgen_command
+from etude.loadgen import results
+from etude.loadgen.refserver import Behaviour, ServerThread
+from etude.loadgen.runner import pool_size
+from etude.loadgen.schedule import NS_PER_S
 from etude.processes import free_port
 from etude.results import REQUEST_COLUMNS, SUMMARY_FILE, TIMELINE_COLUMNS, TIMELINE_FILE, Summary
 from etude.spec import spec_from_config
-from loadgen import results
-from loadgen.refserver import Behaviour, ServerThread
-from loadgen.runner import pool_size
-from loadgen.schedule import NS_PER_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,8 +98,8 @@ def test_clicklog_workload_and_gcs_output(tmp_path: Path, gcs_bucket: str) -> No
 def test_fitted_workload_from_gcs(tmp_path: Path, gcs_bucket: str) -> None:
     import numpy as np
 
-    from loadgen.fit import ClickLog
-    from loadgen.fitted import fit_workload
+    from etude.loadgen.fit import ClickLog
+    from etude.loadgen.fitted import fit_workload
 
     rng = np.random.default_rng(3)
     lengths = rng.geometric(0.3, 300)

@@ -1,4 +1,4 @@
-"""loadgen.results: the summary's definitions on hand-made runs, merging shards, and atomic result folders."""
+"""etude.loadgen.results: the summary's definitions on hand-made runs, merging shards, and atomic result folders."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pyarrow as pa
 import pytest
 
 from etude import storage
+from etude.loadgen import client, results
+from etude.loadgen.runner import RunResult
 from etude.results import REQUEST_COLUMNS, SUMMARY_FILE, TIMELINE_COLUMNS, RunSpec, Summary
-from loadgen import client, results
-from loadgen.runner import RunResult
 
 MS = 1_000_000
 S = 1_000_000_000

@@ -11,18 +11,19 @@ import numpy as np
 import pytest
 
 from etude.errors import UsageError
+from etude.loadgen import results
+from etude.loadgen.refserver import Behaviour, ServerThread
+from etude.loadgen.runner import RunConfig, Runner, RunResult, client_session
+from etude.loadgen.schedule import NS_PER_S, Arrivals, tick_targets
 from etude.processes import free_port
 from etude.results import RunSpec
-from loadgen import results
-from loadgen.refserver import Behaviour, ServerThread
-from loadgen.runner import RunConfig, Runner, RunResult, client_session
-from loadgen.schedule import NS_PER_S, Arrivals, tick_targets
 
 C = 1000
 
 
 def endless(sessions: Iterable[Sequence[int]]) -> Iterator[Sequence[int]]:
-    """Cycle through `sessions` (a plain iterator is all the runner needs; loadgen.workload supplies real ones)."""
+    """Cycle through `sessions` (a plain iterator is all the runner needs; etude.loadgen.workload supplies
+    real ones)."""
     while True:
         yield from sessions
 

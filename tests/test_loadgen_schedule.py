@@ -1,4 +1,4 @@
-"""loadgen.schedule: the per-tick target rate and the send slots are pure functions of time (no sockets); the
+"""etude.loadgen.schedule: the per-tick target rate and the send slots are pure functions of time (no sockets); the
 arrival processes have the rate and the variability they claim."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadgen.schedule import NS_PER_S, Arrivals, due_times_ns, is_hold_tick, rate_at, shard_rate, tick_targets
+from etude.loadgen.schedule import NS_PER_S, Arrivals, due_times_ns, is_hold_tick, rate_at, shard_rate, tick_targets
 
 
 def test_ramp_is_linear_to_the_target_then_holds() -> None:

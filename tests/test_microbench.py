@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from etude.cli import main
+from etude.models.microbench import synthetic_sessions
 from etude.results import MICROBENCH_COLUMNS
-from models.microbench import synthetic_sessions
 
 
 def test_tiny_run_writes_csv_plot_and_bound(tmp_path: Path) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from etude.models.export import to_torchscript
+from etude.models.registry import MODELS, build_model
 from etude.spec import BUILTIN_MODELS
-from models.export import to_torchscript
-from models.registry import MODELS, build_model
 
 C = 500
 K = 21

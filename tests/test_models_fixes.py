@@ -9,12 +9,12 @@ import pytest
 import torch
 from test_models import spread
 
-from models.common import prepare_session, session_graph
-from models.export import to_torchscript
-from models.gcsan import GCSAN
-from models.registry import build_model
-from models.repeatnet import RepeatNet
-from models.srgnn import SRGNN
+from etude.models.common import prepare_session, session_graph
+from etude.models.export import to_torchscript
+from etude.models.gcsan import GCSAN
+from etude.models.registry import build_model
+from etude.models.repeatnet import RepeatNet
+from etude.models.srgnn import SRGNN
 
 C = 300
 K = 10
@@ -56,17 +56,17 @@ def numpy_graph(seq: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, to
 
 def with_numpy_graph(model: torch.nn.Module) -> torch.nn.Module:
     """The same model (same weights) building its graph the RecBole way, with numpy inside forward."""
-    import models.gcsan
-    import models.srgnn
+    import etude.models.gcsan
+    import etude.models.srgnn
 
     class NumpyGraph(type(model)):  # type: ignore[misc]
         def encode(self, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-            saved = models.srgnn.session_graph, models.gcsan.session_graph
-            models.srgnn.session_graph = models.gcsan.session_graph = numpy_graph
+            saved = etude.models.srgnn.session_graph, etude.models.gcsan.session_graph
+            etude.models.srgnn.session_graph = etude.models.gcsan.session_graph = numpy_graph
             try:
                 return super().encode(seq, lens)
             finally:
-                models.srgnn.session_graph, models.gcsan.session_graph = saved
+                etude.models.srgnn.session_graph, etude.models.gcsan.session_graph = saved
 
     clone = NumpyGraph(catalog_size=model.catalog_size, dim=model.dim)
     clone.load_state_dict(model.state_dict())

@@ -1,6 +1,6 @@
 """The Pulumi program under mocks (no cloud, no Pulumi CLI): every stack file declares what it should, the
 results come out as stack outputs, invalid config fails before any resource, and the Pulumi side never loads
-the ML stack. Each stack runs once in its own interpreter (infra.mockrun), shared by all assertions."""
+the ML stack. Each stack runs once in its own interpreter (etude.infra.mockrun), shared by all assertions."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 import yaml
 
-from components.experiment import peak_gpus
-from components.manifests import JOB_MARGIN_S, PATCH_FORCE, RUN_ID_ANNOTATION
-from components.results import METRIC_KEYS, metrics_from_summary
 from etude.commands import results_uri, run_duration_s
+from etude.components.experiment import peak_gpus
+from etude.components.manifests import JOB_MARGIN_S, PATCH_FORCE, RUN_ID_ANNOTATION
+from etude.components.results import METRIC_KEYS, metrics_from_summary
+from etude.infra import mockrun
+from etude.infra.config import read_config
+from etude.infra.kubeconfig import gke_kubeconfig
+from etude.infra.program import platform_stack_name
 from etude.spec import PROJECT_DIR, available_stacks, load_stack, stack_file
-from infra import mockrun
-from infra.config import read_config
-from infra.kubeconfig import gke_kubeconfig
-from infra.program import platform_stack_name
 
 USE_CASES = available_stacks()
 ALL_STACKS = ["dev", *USE_CASES]
@@ -40,7 +40,7 @@ def with_workload(workload: dict[str, str], stack: str = "groceries-small") -> d
 LOCAL_FITTED = with_workload({"fitted": str(WORKLOAD_FILE)})
 LOCAL_CLICKLOG = with_workload({"clicklog": str(WORKLOAD_FILE.with_name("clicks.csv"))})
 GCS_FITTED = with_workload({"fitted": "gs://team-bucket/workloads/rsc15.json"})
-HEAVY = ("torch", "numpy", "serving", "loadgen", "models", "scipy", "pandas", "matplotlib", "pyarrow")
+HEAVY = ("torch", "numpy", "etude.serving", "etude.loadgen", "etude.models", "scipy", "pandas", "matplotlib", "pyarrow")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -427,7 +427,7 @@ def test_invalid_config_fails_before_any_resource(stack: str, overrides: dict[st
 
 def test_the_gpu_containers_path_keeps_the_images_own() -> None:
     """GPU containers replace PATH (to add the NVIDIA tools), so it must still start with the image's."""
-    from components.manifests import IMAGE_PATH
+    from etude.components.manifests import IMAGE_PATH
 
     final_stage = (PROJECT_DIR / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1]
     (env,) = [line for line in final_stage.splitlines() if line.startswith("ENV PATH=")]

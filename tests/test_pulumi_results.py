@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from components.experiment import cheapest_within_slo
-from components.results import METRIC_KEYS, ResultsReader
 from etude import storage
+from etude.components.experiment import cheapest_within_slo
+from etude.components.results import METRIC_KEYS, ResultsReader
+from etude.infra.config import parse_value, read_config
+from etude.infra.mockrun import mock_summary
 from etude.results import SUMMARY_FILE
 from etude.spec import SpecError, load_stack
-from infra.config import parse_value, read_config
-from infra.mockrun import mock_summary
 
 
 def test_reader_turns_summary_json_in_the_bucket_into_outputs(gcs_bucket: str) -> None:
@@ -151,14 +151,14 @@ def test_the_provider_survives_serialization_into_a_fresh_interpreter(tmp_path) 
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "provider.b64")], cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["components.results", "ResultsReader"]
+    assert out.stdout.split() == ["etude.components.results", "ResultsReader"]
 
 
 def test_config_as_the_pulumi_engine_passes_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """`pulumi up` hands the program its config as JSON text in PULUMI_CONFIG; typos in `etude:` keys surface."""
     import json
 
-    from infra.config import config_from_pulumi
+    from etude.infra.config import config_from_pulumi
 
     engine = {"etude:runId": "7", "etude:sequential": "true", "etude:platformStack": "dev", "gcp:project": "p",
               "etude:scenario": json.dumps({"catalogSize": 10, "targetRps": 5}),

@@ -13,9 +13,9 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole_reference import RECBOLE_MODELS, K, recbole_model, same_ranking, sessions
 
-from models.export import to_torchscript
-from models.recbole_import import SUPPORTED, rename_state_dict
-from models.registry import build_model
+from etude.models.export import to_torchscript
+from etude.models.recbole_import import SUPPORTED, rename_state_dict
+from etude.models.registry import build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 

@@ -21,9 +21,9 @@ from test_serving import live_server, run
 
 from etude.cli import main
 from etude.errors import UsageError
+from etude.models.recbole_import import import_recbole, read_checkpoint
 from etude.results import SUMMARY_FILE
-from models.recbole_import import import_recbole, read_checkpoint
-from serving.model import load_model
+from etude.serving.model import load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -70,7 +70,7 @@ def test_checkpoint_reads_without_recbole_and_maps_its_classes_to_data(tmp_path:
         "    if name.split('.')[0] == 'recbole': raise ImportError('recbole is not installed')\n"
         "    return real(name, *a, **k)\n"
         "builtins.__import__ = no_recbole\n"
-        "from models.recbole_import import read_checkpoint\n"
+        "from etude.models.recbole_import import read_checkpoint\n"
         f"ck = read_checkpoint(open({str(tmp_path / 'g.pth')!r}, 'rb').read(), 'g.pth')\n"
         "shape = tuple(ck.state_dict['item_embedding.weight'].shape)\n"
         "print(ck.recbole_model, ck.config['MAX_ITEM_LIST_LENGTH'], shape)\n"

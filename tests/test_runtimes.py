@@ -11,9 +11,9 @@ import torch
 
 from etude.cli import main
 from etude.errors import UsageError
-from models.export import load_model
-from models.registry import build_model
-from serving.model import Predictor, Query
+from etude.models.export import load_model
+from etude.models.registry import build_model
+from etude.serving.model import Predictor, Query
 
 C = 600
 K = 21
@@ -81,7 +81,7 @@ def test_compiled_runtimes_are_exact(tmp_path: Path, runtime: str) -> None:
 
 
 def test_the_server_predicts_with_an_ann_model(tmp_path: Path) -> None:
-    from serving.model import load_model as serve_load
+    from etude.serving.model import load_model as serve_load
 
     predictor = Predictor(serve_load(str(_export(tmp_path, "narm", "ann")), "cpu"))
     answers = predictor.predict([Query([1, 2, 3], 5), Query([7], 21)])

@@ -20,8 +20,8 @@ from toy_model import ToyModel, save_toy_model
 
 from etude import storage
 from etude.errors import UsageError
-from serving.app import InferenceServer, Settings
-from serving.model import load_model
+from etude.serving.app import InferenceServer, Settings
+from etude.serving.model import load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 

@@ -1,4 +1,4 @@
-"""serving.batcher.DynamicBatcher without HTTP: when batches run, how big they get, how failures fan out."""
+"""etude.serving.batcher.DynamicBatcher without HTTP: when batches run, how big they get, how failures fan out."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from serving.batcher import DynamicBatcher
-from serving.errors import BatchFailed, NotReady, Overloaded
+from etude.serving.batcher import DynamicBatcher
+from etude.serving.errors import BatchFailed, NotReady, Overloaded
 
 
 def run(coro: Coroutine[Any, Any, Any], timeout_s: float = 20) -> Any:

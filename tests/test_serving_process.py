@@ -90,7 +90,7 @@ def test_only_a_failed_bind_is_reported_as_cannot_listen(
 ) -> None:
     import errno
 
-    import serving.model
+    import etude.serving.model
 
     argv = ["--log-level", "ERROR", "serve", "--model-uri", str(tmp_path / "m.pt"), "--host", "127.0.0.1",
             "--event-loop", "asyncio"]
@@ -104,7 +104,7 @@ def test_only_a_failed_bind_is_reported_as_cannot_listen(
     def disk_full(uri: str, device: str) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(serving.model, "load_model", disk_full)
+    monkeypatch.setattr(etude.serving.model, "load_model", disk_full)
     with pytest.raises(OSError, match="No space left"):  # not a user mistake: no "cannot listen" for it
         main([*argv, "--port", str(free_port())])
     assert "cannot listen" not in capsys.readouterr().err

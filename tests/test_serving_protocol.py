@@ -1,4 +1,5 @@
-"""serving.protocol.parse_query as a pure function: any body at all is either a valid Query or an InvalidRequest."""
+"""etude.serving.protocol.parse_query as a pure function: any body at all is either a valid Query or an
+InvalidRequest."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.errors import InvalidRequest
-from serving.protocol import parse_query
+from etude.serving.errors import InvalidRequest
+from etude.serving.protocol import parse_query
 
 C, MAX_LEN = 1000, 50
 

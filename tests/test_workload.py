@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from etude.errors import UsageError
-from loadgen.workload import (
+from etude.loadgen.workload import (
     ITEM_CLICKS_SUPPORT,
     PRESETS,
     SESSION_LENGTH_SUPPORT,

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from etude.cli import main
-from loadgen.workload import PRESETS, SyntheticWorkload
+from etude.loadgen.workload import PRESETS, SyntheticWorkload
 
 
 def generate(out: Path, *extra: str, clicks: int = 50_000, catalog_size: int = 1_000) -> int:
