@@ -87,9 +87,12 @@ def serve_command(
 ) -> list[str]:
     """The inference server for a variant. Device and threads default to what the instance type has.
 
-    In a pod it listens on every interface (the Service routes to it); the local runner passes 127.0.0.1.
+    In a pod it listens on every interface (the Service routes to it); the local runner passes 127.0.0.1. A model
+    the export step built (a built-in or an imported RecBole checkpoint) may be an aot package, whose native code
+    the server may then run; a user's `modelUri` never gets that permission.
     """
     inst = variant.instance
+    native = ["--allow-native-code"] if variant.needs_export and variant.runtime == "aot" else []
     return [
         "etude", "serve",
         "--model-uri", uri,
@@ -99,6 +102,7 @@ def serve_command(
         "--threads", str(threads or inst.threads),
         "--max-batch-size", str(MAX_BATCH_SIZE),
         "--max-delay-ms", str(MAX_DELAY_MS),
+        *native,
     ]  # fmt: skip
 
 

@@ -170,17 +170,24 @@ def _check_writable(out: str) -> None:
         raise UsageError(f"cannot write {out}: {parent} is not a writable directory")
 
 
-def load_model(uri: str, device: str = "cpu") -> Any:
+def load_model(uri: str, device: str = "cpu", *, allow_native_code: bool = False) -> Any:
     """Load a serialized model from a path or gs:// URI onto `device` and check that it meets the contract.
 
     Raises UsageError naming the URI and what is wrong: unreadable, not a model of a known runtime, missing
     attributes, or a forward that fails on, or answers wrongly to, a tiny batch. The runtime is recognised from
-    the bytes (TorchScript, AOTInductor package, ONNX, or an ann index), not from the file name.
+    the bytes (TorchScript, AOTInductor package, ONNX, or an ann index), not from the file name. An aot package
+    holds compiled native code that runs when it is loaded, so it is refused unless `allow_native_code` (the
+    server's `--allow-native-code`, which `etude local` and the manifests pass for models the export step built).
     """
     import torch
 
     with storage.local_file(uri) as path:  # from a file, not from bytes in memory: one copy of the weights
         kind = artifact_kind(path)
+        if kind == "aot" and not allow_native_code:
+            raise UsageError(
+                f"{uri} is an AOTInductor package: loading it runs the native code inside it; serve only a package "
+                "you built, with --allow-native-code"
+            )
         if kind is not None:
             module = load_bytes(path.read_bytes(), kind, uri, device)
         else:

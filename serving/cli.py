@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--allow-native-code", action="store_true",
+                   help="load an aot package (compiled code that runs when loaded): only for packages you built")
     p.add_argument("--max-batch-size", type=int, default=defaults.MAX_BATCH_SIZE, help="most requests per forward pass")
     p.add_argument(
         "--max-delay-ms", type=float, default=defaults.MAX_DELAY_MS,
@@ -62,7 +64,8 @@ def serve_verb(args: argparse.Namespace) -> int:
         device=args.device,
         shutdown_timeout_s=args.shutdown_timeout_s,
     )
-    server = InferenceServer(lambda: load_model(args.model_uri, args.device), settings)
+    native = args.allow_native_code
+    server = InferenceServer(lambda: load_model(args.model_uri, args.device, allow_native_code=native), settings)
     loop_factory = None
     if args.event_loop == "uvloop":
         import uvloop

@@ -40,7 +40,7 @@ def _recall(got: torch.Tensor, exact: torch.Tensor) -> float:
 
 def _answers(path: Path, model: str, catalog_size: int = C) -> tuple[torch.Tensor, torch.Tensor]:
     """(the loaded artifact's top-K, fp32 exact top-K of the same model and seed) on the same sessions."""
-    served = load_model(str(path), "cpu")
+    served = load_model(str(path), "cpu", allow_native_code=True)
     assert served.catalog_size == catalog_size and served.max_session_length == 50
     seq, lens = _sessions(catalog_size=catalog_size)
     with torch.inference_mode():
@@ -72,7 +72,10 @@ def test_compiled_runtimes_are_exact(tmp_path: Path, runtime: str) -> None:
     path = _export(tmp_path, "stamp", runtime)
     got, exact = _answers(path, "stamp")
     assert torch.equal(got, exact)
-    served = load_model(str(path))  # batch of one (the program is exported for B >= 2) and a large k
+    if runtime == "aot":  # its native code runs when loaded: only with the permission the export step's models get
+        with pytest.raises(UsageError, match="AOTInductor package.*--allow-native-code"):
+            load_model(str(path))
+    served = load_model(str(path), allow_native_code=True)  # a batch of one (exported for B >= 2), a large k
     one_seq, one_len = exact[:1, :5], torch.tensor([5])
     assert torch.equal(served(one_seq, one_len, C), build_model("stamp", C, 3)(one_seq, one_len, C))
     predictor = Predictor(served)  # the server's batching path, unchanged for every runtime

@@ -264,3 +264,13 @@ def test_arrivals_repeats_and_search_reach_the_load_generator() -> None:
 @pytest.mark.parametrize("stack", ["groceries-small", "groceries-large", "fashion", "ecommerce", "platform"])
 def test_use_case_stacks_assume_poisson_arrivals(stack: str) -> None:
     assert load_stack(stack).scenario.arrivals == "poisson"
+
+
+def test_only_models_the_export_step_built_may_run_native_code_in_the_server() -> None:
+    cfg = {**_config(), "etude:variants": [{"model": "gru4rec", "runtime": "aot"},
+                                           {"modelUri": "gs://b/theirs.pt2", "runtime": "aot", "name": "theirs"},
+                                           {"model": "gru4rec", "runtime": "jit"}]}  # fmt: skip
+    built, theirs, jit = spec_from_config("n", cfg).variants
+    assert "--allow-native-code" in commands.serve_command(built, "gs://b/m.pt")
+    assert "--allow-native-code" not in commands.serve_command(theirs, "gs://b/theirs.pt2")
+    assert "--allow-native-code" not in commands.serve_command(jit, "gs://b/m.pt")
