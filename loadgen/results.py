@@ -273,8 +273,10 @@ def repeat_dir(out: str, repeat: int) -> str:
 
 def aggregate_repeats(spec: RunSpec, summaries: Sequence[Summary]) -> tuple[Summary, int]:
     """The top-level summary of repeated measurements, and which repeat it takes its other figures from (the one
-    whose capacity is nearest the median, the first on a tie). A repeat without a capacity counts as 0 rps."""
+    whose capacity is nearest the median, the first on a tie). A repeat without a capacity counts as 0 rps. The
+    counts (requests, ok, held back, errors) add up every repeat's."""
     import statistics
+    from collections import Counter
 
     values = [s.capacity_rps for s in summaries]
     counted = [v or 0.0 for v in values]
@@ -291,7 +293,10 @@ def aggregate_repeats(spec: RunSpec, summaries: Sequence[Summary]) -> tuple[Summ
         "repeat_capacity_rps": values,
         "capacity_spread": None if spread is None else round(spread, 4),
         "duration_s": round(sum(s.duration_s for s in summaries), 3),
-        "requests": sum(s.requests for s in summaries),
+        "requests": sum(s.requests for s in summaries),  # the counts are every repeat's together
+        "ok": sum(s.ok for s in summaries),
+        "held_back": sum(s.held_back for s in summaries),
+        "errors": dict(sum((Counter(s.errors) for s in summaries), Counter())),
     })  # fmt: skip
     return summary, middle
 

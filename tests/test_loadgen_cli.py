@@ -301,3 +301,4 @@ def test_repeats_write_each_repeat_and_the_median_on_top(tmp_path: Path) -> None
     for i in range(3):
         part = results.read(str(out / f"repeat-{i}"))[0]
         assert part.spec.repeat == i and part.capacity_rps == 200 and part.requests == 400
+    assert (top.requests, top.ok, top.held_back, top.errors) == (1200, 1200, 0, {})  # every repeat's counts
