@@ -31,11 +31,11 @@ class Query:
     k: int
 
 
-def load_model(uri: str, device: str) -> Any:
+def load_model(uri: str, device: str, *, allow_native_code: bool = False) -> Any:
     """Load and check a serialized model from a local path or gs:// URI; a UsageError names what is wrong."""
     from etude.models.export import load_model as load_exported  # the one loader: it also checks the contract
 
-    return load_exported(uri, device)
+    return load_exported(uri, device, allow_native_code=allow_native_code)
 
 
 class Predictor:
