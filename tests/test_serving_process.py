@@ -101,7 +101,7 @@ def test_only_a_failed_bind_is_reported_as_cannot_listen(
         assert main([*argv, "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
-    def disk_full(uri: str, device: str) -> None:
+    def disk_full(uri: str, device: str, **_: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(etude.serving.model, "load_model", disk_full)
