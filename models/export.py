@@ -103,14 +103,8 @@ def export_model(
     check_name(name)
     if catalog_size < 1:
         raise UsageError(f"--catalog-size must be >= 1, got {catalog_size}")
-    if runtime not in RUNTIMES:
-        raise UsageError(f"unknown runtime {runtime!r}; known runtimes: {', '.join(RUNTIMES)}")
-    if device not in EXPORT_DEVICES:
-        raise UsageError(f"unknown device {device!r}; known devices: {', '.join(EXPORT_DEVICES)}")
-    if if_missing and storage.exists(out):
-        log.info("%s exists; nothing to do (--if-missing)", out)
+    if not needs_writing(runtime, device, out, if_missing=if_missing):
         return False
-    _check_writable(out)
     started = _now_ns()
     size = storage.write_file(out, lambda path: write_artifact(build_model(name, catalog_size, seed), name, runtime,
                                                                device, path))
@@ -151,6 +145,20 @@ def _now_ns() -> int:
     import time
 
     return time.perf_counter_ns()
+
+
+def needs_writing(runtime: str, device: str, out: str, *, if_missing: bool) -> bool:
+    """Before an export or import: the runtime and device known (UsageError otherwise), False when `if_missing` and
+    `out` exists (nothing to do), and a local `out` writable before the (possibly long) work starts."""
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {runtime!r}; known runtimes: {', '.join(RUNTIMES)}")
+    if device not in EXPORT_DEVICES:
+        raise UsageError(f"unknown device {device!r}; known devices: {', '.join(EXPORT_DEVICES)}")
+    if if_missing and storage.exists(out):
+        log.info("%s exists; nothing to do (--if-missing)", out)
+        return False
+    _check_writable(out)
+    return True
 
 
 def _check_writable(out: str) -> None:

@@ -29,7 +29,6 @@ from typing import IO, Any
 
 from etude import storage
 from etude.errors import UsageError
-from etude.spec import EXPORT_DEVICES, RUNTIMES
 
 log = logging.getLogger(__name__)
 
@@ -344,16 +343,10 @@ def import_recbole(
 
     Returns False when `if_missing` and `out` exists (nothing done). The file is written whole or not at all.
     """
-    from etude.models.export import _check_writable, load_model, write_artifact
+    from etude.models.export import load_model, needs_writing, write_artifact
 
-    if runtime not in RUNTIMES:
-        raise UsageError(f"unknown runtime {runtime!r}; known runtimes: {', '.join(RUNTIMES)}")
-    if device not in EXPORT_DEVICES:
-        raise UsageError(f"unknown device {device!r}; known devices: {', '.join(EXPORT_DEVICES)}")
-    if if_missing and storage.exists(out):
-        log.info("%s exists; nothing to do (--if-missing)", out)
+    if not needs_writing(runtime, device, out, if_missing=if_missing):
         return False
-    _check_writable(out)
     ckpt = read_checkpoint(storage.read_bytes(checkpoint), checkpoint)
     model = build_from_checkpoint(ckpt, checkpoint)
     name = ckpt.recbole_model.lower()
