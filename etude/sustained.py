@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 ARRIVALS = ("poisson", "uniform", "bursty")
 DEFAULT_ARRIVALS = "poisson"
 ANSWERS_ABOVE_PERCENTILE = 20  # a hold's SLO percentile rests on at least this many answers above it
+# A hold is planned for more than the answers it needs: random (Poisson, bursty) arrivals put a random number of
+# requests into it, and a count short of the minimum would fail a hold that met its SLO. n + 8 sqrt(n) falls short
+# of n with probability < 1e-9 for Poisson counts and about 1e-3 for gamma gaps of CV 2 (count sd ~ 2 sqrt(n)).
+PLANNED_MARGIN_SD = 8
 SEARCH_MAX_FACTOR = 2  # the search goes up to this multiple of the target rate unless told otherwise
 SEARCH_FLOOR_DIVISOR = 256  # the lowest rate held: max rate / this (at least 1 request/s)
 SEARCH_TOLERANCE = 0.03  # stop once the lowest failed rate is within this fraction above the highest met one
@@ -30,8 +34,10 @@ def min_answers(percentile: float) -> int:
 
 
 def hold_seconds_at(rate_rps: int, hold_seconds: int, percentile: float) -> int:
-    """How long a hold at `rate_rps` lasts: at least `hold_seconds`, and long enough for `min_answers`."""
-    return max(hold_seconds, math.ceil(min_answers(percentile) / max(1, rate_rps)))
+    """How long a hold at `rate_rps` lasts: at least `hold_seconds`, and long enough that even random arrivals
+    bring `min_answers` (planned for n + PLANNED_MARGIN_SD sqrt(n) requests)."""
+    n = min_answers(percentile)
+    return max(hold_seconds, math.ceil((n + PLANNED_MARGIN_SD * math.sqrt(n)) / max(1, rate_rps)))
 
 
 def search_max_rps(target_rps: int, given: int | None) -> int:

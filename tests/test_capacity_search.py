@@ -45,8 +45,8 @@ def test_md1_formula_matches_a_lindley_simulation() -> None:
 def test_min_answers_and_hold_length() -> None:
     assert [sustained.min_answers(p) for p in (50, 90, 95, 99)] == [40, 200, 400, 2000]
     assert sustained.hold_seconds_at(1000, 60, 90) == 60
-    assert sustained.hold_seconds_at(50, 2, 90) == 4  # 200 answers at 50 req/s
-    assert sustained.hold_seconds_at(50, 2, 99) == 40
+    assert sustained.hold_seconds_at(50, 2, 90) == 7  # 200 answers + 8 sd at 50 req/s: 313 requests planned
+    assert sustained.hold_seconds_at(50, 2, 99) == 48  # 2,000 + 358
 
 
 def test_search_brackets_then_bisects_to_the_tolerance() -> None:
