@@ -11,7 +11,8 @@ Per variant (model x runtime x instance type x replicas), as children of the com
 4. `<name>-<variant>-results`: `summary.json` read back from the bucket (`etude.components.results`).
 
 A workload file given as a local path (`clicklog` or `fitted`) is uploaded once, as `<name>-workload` (a
-BucketObject under `gs://<bucket>/workloads/`), and the Jobs read it from there; a gs:// URI is passed as is.
+BucketObject under `gs://<bucket>/workloads/`), and the Jobs read it from there; a gs:// URI is passed as is. A
+variant's item token list (`itemIds`) is uploaded the same way, as `<name>-<variant>-item-ids`.
 
 `sequential: true` chains the variants: once a variant's Job is done, `<name>-<variant>-scale-down` (a
 DeploymentPatch) scales its servers to zero, and only then do the next variant's servers start. The variants
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -77,6 +79,7 @@ class EtudeExperiment(pulumi.ComponentResource):
     cheapest_within_slo: Output[dict[str, Any] | None]
     results_root: Output[str]
     workload_file: gcp.storage.BucketObject | None
+    item_ids_files: dict[str, gcp.storage.BucketObject | None]  # per variant key
 
     def __init__(self, name: str, args: EtudeExperimentArgs, opts: ResourceOptions | None = None) -> None:
         super().__init__("etude:index:EtudeExperiment", name, None, opts)
@@ -85,7 +88,14 @@ class EtudeExperiment(pulumi.ComponentResource):
         models_root = bucket.apply(lambda b: f"gs://{b}/models")
         runs_root = bucket.apply(lambda b: f"gs://{b}/results")
         self.deployments, self.services, self.jobs, self.variant_results = {}, {}, {}, {}
-        self.workload_file = self._upload_workload(name, exp, bucket)
+        wl = exp.scenario.workload
+        self.workload_file = self._upload(f"{name}-workload", f"etude:scenario.workload = {wl.file!r}",
+                                          wl.local_file(), bucket)
+        self.item_ids_files = {
+            v.key: self._upload(f"{name}-{v.key}-item-ids", f"etude:variants {v.key}: itemIds = {v.item_ids!r}",
+                                v.local_item_ids(), bucket)
+            for v in exp.variants
+        }
 
         after: list[pulumi.Resource] = []
         for variant in exp.variants:
@@ -106,20 +116,21 @@ class EtudeExperiment(pulumi.ComponentResource):
             "resultsRoot": self.results_root,
         })
 
-    def _upload_workload(self, name: str, exp: Experiment, bucket: Output[str]) -> gcp.storage.BucketObject | None:
-        """The stack's local workload file as a bucket object (None when there is none or it is a gs:// URI)."""
-        path = exp.scenario.workload.local_file()
+    def _upload(
+        self, resource: str, what: str, path: Path | None, bucket: Output[str]
+    ) -> gcp.storage.BucketObject | None:
+        """A local file the Jobs read (the workload, an item token list) as a bucket object under `workloads/`;
+        None when there is none or it is a gs:// URI (passed as is)."""
         if path is None:
             return None
         if not path.is_file():
-            raise SpecError(f"etude:scenario.workload = {exp.scenario.workload.file!r}: no such file (a path is "
-                            f"relative to {PROJECT_DIR})")
+            raise SpecError(f"{what}: no such file (a path is relative to {PROJECT_DIR})")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        return gcp.storage.BucketObject(f"{name}-workload", bucket=bucket, name=workload_object(path.name, digest),
+        return gcp.storage.BucketObject(resource, bucket=bucket, name=workload_object(path.name, digest),
                                         source=pulumi.FileAsset(str(path)), opts=ResourceOptions(parent=self))
 
-    def _workload_uri(self) -> Output[str | None]:
-        obj = self.workload_file
+    @staticmethod
+    def _uri(obj: gcp.storage.BucketObject | None) -> Output[str | None]:
         if obj is None:
             return Output.from_input(None)
         return Output.all(obj.bucket, obj.name).apply(lambda bn: f"gs://{bn[0]}/{bn[1]}")
@@ -160,15 +171,16 @@ class EtudeExperiment(pulumi.ComponentResource):
             namespace=args.namespace,
             service_account=args.service_account,
             image=args.image_cpu,
-            loadgen_argv=Output.all(out, self._workload_uri()).apply(
+            loadgen_argv=Output.all(out, self._uri(self.workload_file), self._uri(self.item_ids_files[v.key])).apply(
                 lambda ow: loadgen_command(exp, v, url=server_url(exp, v), out=ow[0], shard=shard_arg(exp),
-                                           workload_uri=ow[1])),
+                                           workload_uri=ow[1], item_ids_uri=ow[2])),
         )  # fmt: skip
         timeout = f"{job_timeout_s(exp)}s"
         job = k8s.batch.v1.Job(f"{base}-loadgen", metadata=metadata, spec=job_spec, opts=ResourceOptions(
             parent=self,
-            # servers ready (the Deployment's await) and the workload file uploaded before load
-            depends_on=[deployment, service, *after, *([self.workload_file] if self.workload_file else [])],
+            # servers ready (the Deployment's await) and the files it reads uploaded before load
+            depends_on=[deployment, service, *after,
+                        *[f for f in (self.workload_file, self.item_ids_files[v.key]) if f is not None]],
             custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout),
         ))
 

@@ -145,12 +145,13 @@ def loadgen_command(
     ramp_seconds: int | None = None,
     hold_seconds: int | None = None,
     workload_uri: str | None = None,
+    item_ids_uri: str | None = None,
 ) -> list[str]:
     """The load generator against `url`, writing results to `out`.
 
     `shard` is `i/n` (Kubernetes passes `$(JOB_COMPLETION_INDEX)/n`); ramp and hold may be shortened locally;
-    `workload_uri` replaces the workload file's path (its copy in the bucket, `workload_object`, or its absolute
-    local path).
+    `workload_uri` and `item_ids_uri` replace the paths of the workload file and of the variant's item token list
+    (their copies in the bucket, `workload_object`, or their absolute local paths).
     The variant's identity is echoed into summary.json so results are self-describing.
     """
     sc = exp.scenario
@@ -176,6 +177,8 @@ def loadgen_command(
         "--monthly-usd", f"{exp.monthly_usd(variant):.2f}",
         "--out", out,
     ]  # fmt: skip
+    if variant.item_ids is not None:
+        argv += ["--item-ids", item_ids_uri or variant.item_ids]
     if sc.burstiness is not None:
         argv += ["--burstiness", f"{sc.burstiness:g}"]
     if sc.capacity.search:

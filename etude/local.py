@@ -336,11 +336,13 @@ class LocalRun:
         probe.baseline()
         loadgens = []
         workload_file = self.exp.scenario.workload.local_file()  # a relative path is the project folder's
+        item_ids_file = v.local_item_ids()
         for i in range(shards):
             argv = etude_argv(commands.loadgen_command(
                 self.exp, v, url=base_url, out=outcome.results, shard=None if shards == 1 else f"{i}/{shards}",
                 ramp_seconds=self.ramp_s, hold_seconds=self.hold_s,
-                workload_uri=None if workload_file is None else str(workload_file)))
+                workload_uri=None if workload_file is None else str(workload_file),
+                item_ids_uri=None if item_ids_file is None else str(item_ids_file)))
             name = "loadgen" if shards == 1 else f"loadgen-{i}"
             loadgens.append(self.children.start(name, argv, logs / f"{name}.log"))
             log.info("load generator for %s: pid %d, log %s", v.key, loadgens[-1].pid, loadgens[-1].log_path)

@@ -4,7 +4,7 @@ A use-case stack file (`Pulumi.<stack>.yaml`) holds, under the `etude` config na
 
     etude:scenario:   catalogSize, targetRps, rampSeconds, holdSeconds, workload, slo, seed, arrivals,
                       burstiness, repeats, capacity
-    etude:variants:   a list of {model | modelUri | recbole, runtime, instanceType, replicas, name?}
+    etude:variants:   a list of {model | modelUri | recbole [+ itemIds], runtime, instanceType, replicas, name?}
     etude:platformStack  (optional) the `dev` stack to take the cluster and bucket from
     etude:runId          (optional) change it to re-run the measurement
     etude:sequential     (optional) measure variants one after another instead of in parallel
@@ -66,6 +66,14 @@ class ConfigModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
+def _local_path(uri: str | None, project_dir: Path) -> Path | None:
+    """A file given as a local path (a relative one taken from `project_dir`); None for none or a gs:// URI."""
+    if uri is None or uri.startswith("gs://"):
+        return None
+    path = Path(uri)
+    return path if path.is_absolute() else project_dir / path
+
+
 class Workload(ConfigModel):
     """Exactly one of: a preset, a pair of power-law exponents, a click log to replay, or a fitted workload model
     (`etude fit CLICKLOG --out FILE`). A file is a local path (relative to the project folder; `pulumi up`
@@ -95,10 +103,7 @@ class Workload(ConfigModel):
 
     def local_file(self, project_dir: Path = PROJECT_DIR) -> Path | None:
         """The workload file when it is a local path (a relative one taken from `project_dir`), else None."""
-        if self.file is None or self.file.startswith("gs://"):
-            return None
-        path = Path(self.file)
-        return path if path.is_absolute() else project_dir / path
+        return _local_path(self.file, project_dir)
 
     def cli_args(self, file_uri: str | None = None) -> list[str]:
         """The load generator's workload flags; `file_uri` replaces the file's path (its copy in the bucket)."""
@@ -176,6 +181,7 @@ class Variant(ConfigModel):
     model: str | None = None
     model_uri: str | None = None
     recbole: str | None = None  # a RecBole checkpoint (.pth), imported in the export step
+    item_ids: str | None = None  # its data set's item tokens in id order (replaying a click log with its ids)
     runtime: str = "jit"
     instance_type: str = "cpu"
     replicas: int = Field(default=1, ge=1, le=100)
@@ -202,7 +208,7 @@ class Variant(ConfigModel):
             raise ValueError(f"unknown instance type; known: {', '.join(INSTANCE_TYPES)}")
         return v
 
-    @field_validator("model_uri", "recbole")
+    @field_validator("model_uri", "recbole", "item_ids")
     @classmethod
     def _uri(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
@@ -216,7 +222,14 @@ class Variant(ConfigModel):
                 "give exactly one of model (a built-in name), modelUri (a serialized model) "
                 "or recbole (a RecBole checkpoint)"
             )
+        if self.item_ids is not None and self.model is not None:
+            raise ValueError("itemIds names the item tokens a trained model was trained with; a built-in model "
+                             "has random weights and no data set")
         return self
+
+    def local_item_ids(self, project_dir: Path = PROJECT_DIR) -> Path | None:
+        """The item token list when it is a local path (a relative one taken from `project_dir`), else None."""
+        return _local_path(self.item_ids, project_dir)
 
     @property
     def needs_export(self) -> bool:
@@ -258,6 +271,10 @@ class Experiment(ConfigModel):
         dupes = sorted({k for k in keys if keys.count(k) > 1})
         if dupes:
             raise ValueError(f"variants must be distinct; repeated: {', '.join(dupes)} (give them a name)")
+        mapped = [v.key for v in self.variants if v.item_ids is not None]
+        if mapped and self.scenario.workload.clicklog is None:
+            raise ValueError(f"variants {', '.join(mapped)} give itemIds, which map the items of a click log; the "
+                             "scenario's workload is not a clicklog")
         unknown = sorted(set(self.prices) - set(INSTANCE_TYPES))
         if unknown:
             raise ValueError(f"prices for unknown instance types {unknown}; known: {', '.join(INSTANCE_TYPES)}")

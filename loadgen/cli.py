@@ -167,7 +167,7 @@ def validate(args: argparse.Namespace) -> None:
 
 def workload_spec(args: argparse.Namespace) -> dict[str, object]:
     if args.clicklog is not None:
-        return {"clicklog": args.clicklog}
+        return {"clicklog": args.clicklog, **({"item_ids": args.item_ids} if args.item_ids is not None else {})}
     if args.workload is not None:
         return {"fitted": args.workload}
     if args.preset is not None:
@@ -183,7 +183,7 @@ def sessions(args: argparse.Namespace, shard: Shard) -> Iterator[np.ndarray]:
     from etude.loadgen.workload import SyntheticWorkload, clicklog_sessions
 
     if args.clicklog is not None:
-        stream = clicklog_sessions(args.clicklog, args.catalog_size, loop=True)
+        stream = clicklog_sessions(args.clicklog, args.catalog_size, loop=True, item_ids=args.item_ids)
     else:
         stream = SyntheticWorkload(args.catalog_size, *laws_from_args(args), seed=args.seed).sessions()
     return islice(stream, shard.index, None, shard.count)

@@ -28,6 +28,7 @@ with one random memory access into an O(C) array per click; nothing is O(N).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from functools import cached_property
 import numpy as np
 
 from etude.errors import UsageError
+
+logger = logging.getLogger(__name__)
 
 MAX_ALPHA = 10.0
 SESSION_LENGTH_SUPPORT = (1, 200)
@@ -414,27 +417,63 @@ class SyntheticWorkload:
                 return
 
 
-def clicklog_sessions(path: str, catalog_size: int, *, loop: bool = False) -> Iterator[np.ndarray]:
+def clicklog_sessions(
+    path: str, catalog_size: int, *, loop: bool = False, item_ids: str | None = None
+) -> Iterator[np.ndarray]:
     """Replay a real click log session by session, sessions ordered by their first click, clicks by time.
 
     Item ids are mapped onto [0, C) by popularity rank modulo C (rank 0 = most clicked; ties by item id), so
-    the most popular items of the log are the most popular of the catalog. Without a timestamp column the
-    file's order is kept. `loop=True` starts over at the end. The file is read and checked before this
-    returns: a missing, unreadable, empty or malformed log raises UsageError here, not during iteration.
+    the most popular items of the log are the most popular of the catalog. With `item_ids` (a token list,
+    `read_item_ids`) an item is instead the id the model was trained with: token on line j -> id j - 1; clicks
+    on tokens the list lacks are left out. Without a timestamp column the file's order is kept. `loop=True`
+    starts over at the end. The files are read and checked before this returns: a missing, unreadable, empty or
+    malformed log or list raises UsageError here, not during iteration.
     """
     from etude.loadgen.fit import read_clicklog
 
     if isinstance(catalog_size, bool) or not isinstance(catalog_size, int | np.integer) or catalog_size < 1:
         raise UsageError(f"catalog size must be an integer >= 1, got {catalog_size!r}")
     log = read_clicklog(path)
-    items = log.item_ranks() % catalog_size
     order = log.replay_order()
-    items = items[order]
     sessions = log.session_codes[order]
+    if item_ids is None:
+        items = (log.item_ranks() % catalog_size)[order]
+    else:
+        ids = read_item_ids(item_ids, catalog_size)
+        tokens, inverse = np.unique(log.item_ids[order], return_inverse=True)
+        items = np.array([ids.get(str(t), -1) for t in tokens.tolist()], dtype=np.int64)[inverse.ravel()]
+        known = items >= 0
+        if not known.any():
+            raise UsageError(f"{item_ids}: none of the items of {path} is in this token list")
+        if not known.all():
+            logger.warning("%s: %d of %d clicks are on items %s does not list; they are left out",
+                         path, int((~known).sum()), len(items), item_ids)
+        items, sessions = items[known], sessions[known]
     bounds = np.flatnonzero(np.diff(sessions)) + 1
     starts = np.concatenate(([0], bounds)).tolist()
     ends = np.concatenate((bounds, [len(items)])).tolist()
     return _replay(items, starts, ends, loop)
+
+
+def read_item_ids(path: str, catalog_size: int) -> dict[str, int]:
+    """A trained model's item tokens (a text file, local or gs://, one token per line, in the order of the
+    model's internal ids: line 0 the padding token, line j the item the model knows as j; RecBole's
+    `dataset.field2id_token['item_id']`) as token -> the id the server takes (j - 1, in [0, C)). UsageError when
+    the file is unreadable, lists a token twice, or does not list exactly C items after the padding line."""
+    from etude import storage
+
+    try:
+        text = storage.read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a UTF-8 text file of item tokens") from None
+    tokens = text.splitlines()
+    if len(tokens) - 1 != catalog_size:
+        raise UsageError(f"{path}: {max(len(tokens) - 1, 0)} item tokens after the padding line, but the catalog "
+                         f"has {catalog_size} items")
+    ids = {token: j - 1 for j, token in enumerate(tokens) if j > 0}
+    if len(ids) != catalog_size:
+        raise UsageError(f"{path}: a token is listed more than once")
+    return ids
 
 
 def _replay(items: np.ndarray, starts: list[int], ends: list[int], loop: bool) -> Iterator[np.ndarray]:

@@ -44,6 +44,9 @@ def add_workload_args(parser: argparse.ArgumentParser, *, clicklog: bool = False
     if clicklog:
         group.add_argument("--clicklog", metavar="FILE", help="replay a real click log (CSV/Parquet with "
                            "session_id, item_id; ids mapped onto [0, C)), starting over at its end")
+        group.add_argument("--item-ids", metavar="FILE", help="with --clicklog: the trained model's item tokens, "
+                           "one per line in its id order, line 0 padding (RecBole's field2id_token['item_id']); "
+                           "a click on the token of line j sends id j - 1")
 
 
 def check_workload(args: argparse.Namespace) -> None:
@@ -53,6 +56,8 @@ def check_workload(args: argparse.Namespace) -> None:
                                       ("--clicklog", getattr(args, "clicklog", None))) if value is not None]
     if len(given) > 1:
         raise UsageError(f"give one workload, not both {given[0]} and {given[1]}")
+    if getattr(args, "item_ids", None) is not None and getattr(args, "clicklog", None) is None:
+        raise UsageError("--item-ids maps the items of a click log: give it with --clicklog")
     if not given:
         choices = "--workload FILE, --preset bolcom|rsc15, --alpha-length with --alpha-clicks"
         raise UsageError(f"give a workload: {choices}{', or --clicklog' if hasattr(args, 'clicklog') else ''}")

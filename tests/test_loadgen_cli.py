@@ -95,6 +95,20 @@ def test_clicklog_workload_and_gcs_output(tmp_path: Path, gcs_bucket: str) -> No
     assert requests.column("item_id").to_pylist() and max(requests.column("item_id").to_pylist()) < 500
 
 
+def test_a_clicklog_with_item_ids_sends_the_trained_models_ids(tmp_path: Path) -> None:
+    log = tmp_path / "clicks.csv"
+    log.write_text("session_id,item_id,timestamp\n1,t7,1\n1,t42,2\n2,t499,3\n2,unknown,4\n")
+    items = tmp_path / "items.txt"  # line j (after [PAD]) is the model's id j - 1, here in reverse token order
+    items.write_text("[PAD]\n" + "".join(f"t{499 - i}\n" for i in range(500)))
+    out = tmp_path / "out"
+    with ServerThread(Behaviour("ok", record=True)) as url:
+        argv = contract_argv(url, str(out), rps=6, ramp=1, hold=0, workload={"clicklog": str(log)})
+        assert main([*argv, "--item-ids", str(items)]) == 0
+    summary, requests, _ = results.read(str(out))
+    assert summary.ok == 6 and summary.spec.workload == {"clicklog": str(log), "item_ids": str(items)}
+    assert set(requests.column("item_id").to_pylist()) == {499 - 7, 499 - 42, 0}
+
+
 def test_fitted_workload_from_gcs(tmp_path: Path, gcs_bucket: str) -> None:
     import numpy as np
 
@@ -141,6 +155,7 @@ def test_a_workload_file_of_another_version_is_one_line(tmp_path: Path, capsys: 
         ({"--shard": "45/50"}, "below the shard count"),
         ({"--preset": "nope"}, "unknown preset"),
         ({"--clicklog": "clicks.csv"}, "not both"),
+        ({"--item-ids": "items.txt"}, "--item-ids maps the items of a click log: give it with --clicklog"),
         ({"--alpha-clicks": "1.5"}, "not both"),
         ({"--workload": "w.json"}, "not both --workload and --preset"),
     ],

@@ -40,6 +40,11 @@ def with_workload(workload: dict[str, str], stack: str = "groceries-small") -> d
 LOCAL_FITTED = with_workload({"fitted": str(WORKLOAD_FILE)})
 LOCAL_CLICKLOG = with_workload({"clicklog": str(WORKLOAD_FILE.with_name("clicks.csv"))})
 GCS_FITTED = with_workload({"fitted": "gs://team-bucket/workloads/rsc15.json"})
+ITEM_IDS_FILE = WORKLOAD_FILE.with_name("items.txt")
+MAPPED_REPLAY = {**LOCAL_CLICKLOG, "etude:variants": [
+    {"recbole": "gs://team-bucket/ckpt/NARM.pth", "itemIds": str(ITEM_IDS_FILE), "name": "mapped"},
+    {"recbole": "gs://team-bucket/ckpt/NARM.pth", "itemIds": "gs://team-bucket/items.txt", "name": "remote"},
+    {"model": "narm", "name": "builtin"}]}  # fmt: skip
 HEAVY = ("torch", "numpy", "etude.serving", "etude.loadgen", "etude.models", "scipy", "pandas", "matplotlib", "pyarrow")
 
 
@@ -48,7 +53,8 @@ def _start_all_runs() -> None:
     """Start every run this module needs at once: they run in parallel in their own interpreters."""
     WORKLOAD_FILE.write_text('{"version": 1}\n')
     WORKLOAD_FILE.with_name("clicks.csv").write_text("session_id,item_id\n1,1\n")
-    for workload in (LOCAL_FITTED, LOCAL_CLICKLOG, GCS_FITTED):
+    ITEM_IDS_FILE.write_text("[PAD]\n1\n")
+    for workload in (LOCAL_FITTED, LOCAL_CLICKLOG, GCS_FITTED, MAPPED_REPLAY):
         mockrun.start("groceries-small", workload)
     for stack in ALL_STACKS:
         mockrun.start(stack)
@@ -307,6 +313,28 @@ def test_a_gcs_workload_is_passed_as_is_and_nothing_is_uploaded() -> None:
     for job in by_type(run, "kubernetes:batch/v1:Job"):
         argv = job["inputs"]["spec"]["template"]["spec"]["containers"][0]["command"]
         assert argv[argv.index("--workload") + 1] == "gs://team-bucket/workloads/rsc15.json"
+
+
+def test_a_variants_local_item_token_list_is_uploaded_and_only_its_job_reads_it() -> None:
+    import hashlib
+
+    run = mockrun.result("groceries-small", MAPPED_REPLAY)
+    assert run["error"] is None
+    objects = {o["name"]: o for o in by_type(run, "gcp:storage/bucketObject:BucketObject")}
+    assert set(objects) == {"groceries-small-workload", "groceries-small-mapped-item-ids"}  # gs:// passed as is
+    obj = objects["groceries-small-mapped-item-ids"]
+    digest = hashlib.sha256(ITEM_IDS_FILE.read_bytes()).hexdigest()
+    assert obj["inputs"]["name"] == f"workloads/{digest[:16]}-items.txt"
+    for job in by_type(run, "kubernetes:batch/v1:Job"):
+        argv = job["inputs"]["spec"]["template"]["spec"]["containers"][0]["command"]
+        item_ids = argv[argv.index("--item-ids") + 1] if "--item-ids" in argv else None
+        if job["name"] == "groceries-small-mapped-loadgen":
+            assert item_ids == f"gs://{mockrun.MOCK_PLATFORM['bucket']}/{obj['inputs']['name']}"
+            assert obj["urn"] in job["dependencies"]  # uploaded before the Job starts
+        elif job["name"] == "groceries-small-remote-loadgen":
+            assert item_ids == "gs://team-bucket/items.txt"
+        else:
+            assert item_ids is None
 
 
 def test_a_missing_local_workload_file_fails_with_its_name() -> None:

@@ -222,6 +222,27 @@ def test_a_recbole_checkpoint_is_a_variant_imported_in_the_export_step() -> None
             spec_from_config("r", {**_config(), "etude:variants": [bad]})
 
 
+def test_item_ids_map_a_replayed_click_log_for_a_trained_model_only(tmp_path: Path) -> None:
+    replay = _config(workload={"clicklog": "logs/clicks.csv"})
+    cfg = {**replay, "etude:variants": [{"recbole": "/ckpt/NARM.pth", "itemIds": "data/items.txt"},
+                                        {"model": "narm", "name": "builtin"}]}  # fmt: skip
+    exp = spec_from_config("r", cfg)
+    mapped, builtin = exp.variants
+    assert mapped.local_item_ids(tmp_path) == tmp_path / "data/items.txt"
+    argv = commands.loadgen_command(exp, mapped, url="http://s", out="/o", item_ids_uri="gs://b/workloads/items")
+    assert argv[argv.index("--item-ids") + 1] == "gs://b/workloads/items"
+    local = commands.loadgen_command(exp, mapped, url="http://s", out="/o")
+    assert local[local.index("--item-ids") + 1] == "data/items.txt"
+    assert "--item-ids" not in commands.loadgen_command(exp, builtin, url="http://s", out="/o")
+    for bad, words in (
+        ({**replay, "etude:variants": [{"model": "narm", "itemIds": "i.txt"}]}, ["itemIds", "built-in model"]),
+        ({**_config(), "etude:variants": [{"recbole": "/c.pth", "itemIds": "i.txt"}]}, ["not a clicklog"]),
+    ):
+        with pytest.raises(SpecError) as err:
+            spec_from_config("r", bad)
+        assert all(w in str(err.value) for w in words), str(err.value)
+
+
 @pytest.mark.parametrize(
     ("scenario", "expected"),
     [

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -219,6 +220,38 @@ def test_clicklog_replays_sessions_in_time_order_with_items_by_popularity(tmp_pa
     assert [s.tolist() for s in clicklog_sessions(str(log), 2)] == [[0, 0, 1], [1, 0, 0], [0]]  # rank mod C
     looped = clicklog_sessions(str(log), 1_000, loop=True)
     assert [s.tolist() for s in itertools.islice(looped, 4)][3] == [0, 0, 1]
+
+
+def test_clicklog_with_item_ids_sends_the_ids_the_model_was_trained_with(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = [(10, 777, 1.0), (10, 555, 2.0), (20, 999, 3.0), (20, 777, 4.0), (30, 999, 5.0), (10, 123, 6.0)]
+    log = write_log(tmp_path / "log.csv", rows)
+    # RecBole's field2id_token['item_id']: [PAD] is internal id 0, then the tokens in RecBole's own order.
+    tokens = write_log(tmp_path / "items.txt", [("555",), ("999",), ("777",), ("444",)], header="[PAD]")
+    with caplog.at_level("WARNING"):
+        sessions = [s.tolist() for s in clicklog_sessions(str(log), 4, item_ids=str(tokens))]
+    assert sessions == [[2, 0], [1, 2], [1]]  # 777 -> 3 - 1, 555 -> 1 - 1, 999 -> 2 - 1; 123 is not listed
+    assert "1 of 6 clicks" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("content", "catalog_size", "message"),
+    [
+        ("[PAD]\n1\n2\n", 3, "2 item tokens after the padding line, but the catalog has 3 items"),
+        ("[PAD]\n1\n1\n", 2, "a token is listed more than once"),
+        ("[PAD]\n8\n9\n", 2, "none of the items of"),
+    ],
+)
+def test_a_wrong_item_token_list_is_refused_with_what_is_wrong(
+    tmp_path: Path, content: str, catalog_size: int, message: str
+) -> None:
+    log = write_log(tmp_path / "log.csv", [(1, 1, 1.0), (1, 2, 2.0)])
+    (tmp_path / "items.txt").write_text(content)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        clicklog_sessions(str(log), catalog_size, item_ids=str(tmp_path / "items.txt"))
+    with pytest.raises(UsageError, match="no such file|cannot read"):
+        clicklog_sessions(str(log), catalog_size, item_ids=str(tmp_path / "missing.txt"))
 
 
 def test_clicklog_without_timestamps_keeps_file_order_and_reads_parquet(tmp_path: Path) -> None:
