@@ -439,9 +439,10 @@ def clicklog_sessions(
     if item_ids is None:
         items = (log.item_ranks() % catalog_size)[order]
     else:
-        ids = read_item_ids(item_ids, catalog_size)
         tokens, inverse = np.unique(log.item_ids[order], return_inverse=True)
-        items = np.array([ids.get(str(t), -1) for t in tokens.tolist()], dtype=np.int64)[inverse.ravel()]
+        names = [str(t) for t in tokens.tolist()]
+        ids = read_item_ids(item_ids, catalog_size, set(names))
+        items = np.array([ids.get(t, -1) for t in names], dtype=np.int64)[inverse.ravel()]
         known = items >= 0
         if not known.any():
             raise UsageError(f"{item_ids}: none of the items of {path} is in this token list")
@@ -455,24 +456,32 @@ def clicklog_sessions(
     return _replay(items, starts, ends, loop)
 
 
-def read_item_ids(path: str, catalog_size: int) -> dict[str, int]:
-    """A trained model's item tokens (a text file, local or gs://, one token per line, in the order of the
-    model's internal ids: line 0 the padding token, line j the item the model knows as j; RecBole's
-    `dataset.field2id_token['item_id']`) as token -> the id the server takes (j - 1, in [0, C)). UsageError when
-    the file is unreadable, lists a token twice, or does not list exactly C items after the padding line."""
+def read_item_ids(path: str, catalog_size: int, wanted: set[str]) -> dict[str, int]:
+    """The ids a trained model knows the `wanted` item tokens by, from its token list (a text file, local or
+    gs://, one token per line in the order of the model's internal ids: line 0 the padding token, line j the item
+    the model knows as j; RecBole's `dataset.field2id_token['item_id']`): token -> j - 1, the id the server takes.
+    Only the wanted tokens are kept (a list of 10 million tokens is not held as a dict). UsageError when the file
+    is unreadable, lists a wanted token twice, or does not list exactly C items after the padding line."""
+    import io
+
     from etude import storage
 
     try:
         text = storage.read_bytes(path).decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not a UTF-8 text file of item tokens") from None
-    tokens = text.splitlines()
-    if len(tokens) - 1 != catalog_size:
-        raise UsageError(f"{path}: {max(len(tokens) - 1, 0)} item tokens after the padding line, but the catalog "
+    ids: dict[str, int] = {}
+    lines = 0
+    for j, line in enumerate(io.StringIO(text)):
+        lines = j + 1
+        token = line.rstrip("\r\n")
+        if j > 0 and token in wanted:
+            if token in ids:
+                raise UsageError(f"{path}: item token {token!r} is listed more than once")
+            ids[token] = j - 1
+    if lines - 1 != catalog_size:
+        raise UsageError(f"{path}: {max(lines - 1, 0)} item tokens after the padding line, but the catalog "
                          f"has {catalog_size} items")
-    ids = {token: j - 1 for j, token in enumerate(tokens) if j > 0}
-    if len(ids) != catalog_size:
-        raise UsageError(f"{path}: a token is listed more than once")
     return ids
 
 

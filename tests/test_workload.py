@@ -239,7 +239,7 @@ def test_clicklog_with_item_ids_sends_the_ids_the_model_was_trained_with(
     ("content", "catalog_size", "message"),
     [
         ("[PAD]\n1\n2\n", 3, "2 item tokens after the padding line, but the catalog has 3 items"),
-        ("[PAD]\n1\n1\n", 2, "a token is listed more than once"),
+        ("[PAD]\n1\n1\n", 2, "item token '1' is listed more than once"),
         ("[PAD]\n8\n9\n", 2, "none of the items of"),
     ],
 )
