@@ -10,18 +10,13 @@ scores and does not change the ranking, so it is left out of inference.
 import torch
 from torch import Tensor, nn
 
-from etude.models.common import (
-    MAX_SESSION_LENGTH,
-    SessionModel,
-    TransformerEncoder,
-    attention_mask,
-    heads_for,
-    prepare_session,
-    top_k_items,
-)
+from etude.models.common import MAX_SESSION_LENGTH, attention_mask, prepare_session, top_k_items
+from etude.models.sasrec import SASRec
 
 
-class CORE(SessionModel):
+class CORE(SASRec):
+    """SASRec's embeddings, LayerNorm and transformer (RecBole's `trm` encoder), then attention pooling."""
+
     inv_norm: Tensor  # [C + 1] buffer: 1 / the norm of each item embedding
 
     def __init__(
@@ -35,11 +30,8 @@ class CORE(SessionModel):
         eps: float = 1e-12,
         max_session_length: int = MAX_SESSION_LENGTH,
     ) -> None:
-        super().__init__(catalog_size=catalog_size, dim=dim, max_session_length=max_session_length)
-        self.position_embedding = nn.Embedding(max_session_length, dim)
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        inner = inner if inner > 0 else 4 * dim
-        self.encoder = TransformerEncoder(layers=layers, dim=dim, heads=heads_for(dim, heads), inner=inner, eps=eps)
+        super().__init__(catalog_size=catalog_size, dim=dim, layers=layers, heads=heads, inner=inner, eps=eps,
+                         max_session_length=max_session_length)
         self.fn = nn.Linear(dim, 1)
         self.register_buffer("inv_norm", torch.ones(catalog_size + 1))
 
