@@ -9,9 +9,13 @@ Per cell, three fresh processes (so that each peak RSS is its own):
 
     python benchmarks/bench_runtimes.py --models gru4rec,sasrec --runtimes jit,aot,bf16,int8,onnx,ann \
         --catalog-sizes 1000000 --out results/runtimes
+    python benchmarks/bench_runtimes.py --markdown results/runtimes [results/rerun ...]
 
-Writes OUT/cells.jsonl (one raw record per cell, appended as it finishes) and OUT/runtimes.csv (medians).
-A cell that fails or passes --cell-timeout-s is recorded with its error and the run goes on.
+Writes OUT/cells.jsonl (one raw record per cell, appended as it finishes), OUT/runtimes.csv (medians) and
+OUT/bounds.json (per catalog size, the machine's read bandwidth and fp32 sgemm rate, measured before its cells).
+A cell that fails or passes --cell-timeout-s is recorded with its error and the run goes on. `--markdown` prints
+the tables of docs/benchmarks.md from such folders (a later folder's cell replaces an earlier one's), each ratio to
+the bounds of the run that measured the cell.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import csv
 import json
 import logging
+import math
 import os
 import resource
 import subprocess
@@ -98,8 +103,11 @@ def child_serve(path: str, catalog_size: int, n: int, exact_path: str) -> dict[s
         record["recall"] = float(np.mean([len(set(a) & set(e)) / K for a, e in zip(answers, exact, strict=True)]))
         for b in BATCHES:
             seq, lens = _batch(sessions[:b])
-            for _ in range(5):
-                module(seq, lens, K)  # warm-up
+            warm = time.perf_counter_ns()
+            for _ in range(5):  # warm-up: 5 calls, or fewer where they take over half the time budget
+                module(seq, lens, K)
+                if (time.perf_counter_ns() - warm) / 1e9 > SECONDS_PER_BATCH_SIZE / 2:
+                    break
             times_ms: list[float] = []
             started = time.perf_counter_ns()
             while len(times_ms) < 3 or (time.perf_counter_ns() - started) / 1e9 < SECONDS_PER_BATCH_SIZE:
@@ -127,6 +135,46 @@ def _run_child(args: list[str], timeout_s: float) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
+def markdown(folders: list[str]) -> None:
+    """The tables of docs/benchmarks.md, one per catalog size, from the cells and bounds of `folders`."""
+    from etude.spec import RUNTIMES
+
+    cells: dict[tuple[int, str, str], dict[str, Any]] = {}
+    bounds: dict[tuple[str, int], dict[str, float]] = {}
+    for folder in folders:
+        bounds.update({(folder, int(c)): b for c, b in json.loads((Path(folder) / "bounds.json").read_text()).items()})
+        for line in (Path(folder) / "cells.jsonl").read_text().splitlines():
+            cell = json.loads(line)
+            cells[(cell["catalog_size"], cell["model"], cell["runtime"])] = {**cell, "folder": folder}
+    for c in sorted({key[0] for key in cells}):
+        d = math.ceil(c**0.25)
+        print(f"C = {c:,}, d = {d}; bounds per run: " + "; ".join(
+            f"{f}: {b['read_bandwidth_gbs']} GB/s, {b['sgemm_gflops']} GFLOP/s" for (f, cc), b in bounds.items()
+            if cc == c))  # fmt: skip
+        print(
+            "\n| model | runtime | artifact MB | export s | export peak MB | serve peak MB | recall@21 | "
+            "B=1 p50 ms (x bound) | B=32 ms/session (x bound) | B=256 ms/session (x bound) |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for key in sorted((k for k in cells if k[0] == c), key=lambda k: (k[1], RUNTIMES.index(k[2]))):
+            cell = cells[key]
+            if cell.get("error"):
+                print(f"| {key[1]} | {key[2]} | {cell['error'][:100]} | | | | | | | |")
+                continue
+            b = bounds[(cell["folder"], c)]
+            b1_bound = c * d * 4 / (b["read_bandwidth_gbs"] * 1e9) * 1e3
+            session_bound = 2 * c * d / (b["sgemm_gflops"] * 1e9) * 1e3
+            lat = {n: float(np.median(cell[f"b{n}_ms"])) for n in BATCHES}
+            print(
+                f"| {key[1]} | {key[2]} | {cell['artifact_mb']:.0f} | {cell['export_s']:.1f} | "
+                f"{cell['export_peak_rss_mb']:.0f} | {cell['serve_peak_rss_mb']:.0f} | {cell['recall']:.3f} | "
+                f"{lat[1]:.1f} ({lat[1] / b1_bound:.1f}x) | "
+                + " | ".join(f"{lat[n] / n:.2f} ({lat[n] / n / session_bound:.1f}x)" for n in BATCHES[1:])
+                + " |"
+            )
+        print()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -137,6 +185,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cell-timeout-s", type=float, default=600.0)
     p.add_argument("--out", help="output folder (required)")
+    p.add_argument("--markdown", nargs="+", metavar="DIR", help="print the tables of these output folders")
     args = p.parse_args()
     import torch
 
@@ -151,6 +200,9 @@ def main() -> int:
             result = child_serve(rest[0], int(rest[1]), int(rest[2]), rest[3])
         print(json.dumps(result))
         return 0
+    if args.markdown:
+        markdown(args.markdown)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if not args.out:
         p.error("--out is required")
@@ -158,8 +210,15 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = out / "artifacts"
     work.mkdir(exist_ok=True)
+    from etude.models.microbench import machine_rates
+
     rows = []
     for c in (int(x) for x in args.catalog_sizes.split(",")):
+        bounds_file = out / "bounds.json"
+        bounds = json.loads(bounds_file.read_text()) if bounds_file.exists() else {}
+        bounds[str(c)] = machine_rates(c)
+        bounds_file.write_text(json.dumps(bounds, indent=2))
+        log.info("bounds for C = %d: %s", c, bounds[str(c)])
         for model in args.models.split(","):
             exact = str(work / f"{model}-c{c}-exact.npy")
             exact_info = _run_child(["exact", model, str(c), str(args.sessions), exact], args.cell_timeout_s)

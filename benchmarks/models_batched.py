@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -38,30 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 log = logging.getLogger("models_batched")
 K = 21
 Row = dict[str, float | int | str]
-
-
-def sgemm_gflops(size: int = 4096, repeats: int = 5) -> float:
-    """The best fp32 matrix-product rate of `repeats` size x size products (GFLOP/s)."""
-    import torch
-
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best_ns = min(_timed_ns(lambda: a @ b) for _ in range(repeats))
-    return 2 * size**3 / best_ns
-
-
-def _timed_ns(fn: Callable[[], object]) -> int:
-    t0 = time.perf_counter_ns()
-    fn()
-    return time.perf_counter_ns() - t0
-
-
-def machine_rates(catalog_size: int) -> dict[str, float]:
-    from etude.models.common import embedding_dim
-    from etude.models.microbench import read_bandwidth_gbs
-
-    size = min(1 << 30, max(1 << 26, 4 * catalog_size * embedding_dim(catalog_size) * 4))
-    return {"sgemm_gflops": round(sgemm_gflops(), 1), "read_bandwidth_gbs": round(read_bandwidth_gbs("cpu", size), 1)}
 
 
 def measure_model(
@@ -139,6 +114,8 @@ def main() -> int:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
+
+    from etude.models.microbench import machine_rates
 
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]

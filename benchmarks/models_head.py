@@ -4,12 +4,13 @@ Compares, per catalog size and batch size: the read bandwidth bound (C*d*4 bytes
 plain `topk(q @ E.T)` (materialises B x C scores), the blockwise head of models/common.py (fp32, the one the
 models use), the same head scripted, and bf16 storage of the item table (half the bytes, but torch's CPU
 bf16 matmul returns bf16 scores: ~3 significant digits, so near-ties in the top-k reorder; measured, not used).
-Prints one line per cell (min and median ms over the repeats). `--layouts` instead compares the two layouts of one
-block's product, [B, d] x [d, n] (batch-major scores) and [n, d] x [d, B] (item-major, what the head uses), in
-GFLOP/s next to a 4096 x 4096 sgemm. Run under `flock /tmp/etude-bench.lock`.
+Prints one line per cell (min and median ms over the repeats). `--layouts` instead compares the layouts of one
+block's product, [B, d] x [d, n] (batch-major scores) and [n, d] x [d, B] (item-major, what the head uses) of the
+table's rows, and [B, d] x [d, n] of the block stored transposed (a layout the head does not use), in GFLOP/s next
+to a 4096 x 4096 sgemm. Run under `flock /tmp/etude-bench.lock`.
 
     .venv/bin/python benchmarks/models_head.py [--sizes 1000000,10000000] [--batches 1,32] [--repeats 15]
-    .venv/bin/python benchmarks/models_head.py --layouts [--batches 32,256] [--repeats 15]
+    .venv/bin/python benchmarks/models_head.py --layouts [--batches 32,256] [--repeats 15] [--threads 1]
 """
 
 from __future__ import annotations
@@ -67,11 +68,13 @@ def layouts(batches: list[int], repeats: int) -> None:
         for batch in batches:
             n = max(4096, (1 << 20) // batch)  # the head's block on a CPU
             q, block = torch.randn(batch, d), torch.randn(n, d)
+            stored_t = block.t().contiguous()  # the block stored transposed, [d, n]: a layout the head does not use
             flop = 2 * batch * n * d
             by_batch = flop / timed(functools.partial(torch.mm, q, block.t()), repeats)[0] / 1e6
             by_item = flop / timed(functools.partial(torch.mm, block, q.t()), repeats)[0] / 1e6
-            print(f"d={d} B={batch} n={n}: [B,d]x[d,n] {by_batch:.0f} GFLOP/s, [n,d]x[d,B] {by_item:.0f} GFLOP/s "
-                  f"(min of {repeats})", flush=True)
+            transposed = flop / timed(functools.partial(torch.mm, q, stored_t), repeats)[0] / 1e6
+            print(f"d={d} B={batch} n={n}: [B,d]x[d,n] {by_batch:.0f} GFLOP/s, [n,d]x[d,B] {by_item:.0f} GFLOP/s, "
+                  f"[B,d]x[d,n] stored [d,n] {transposed:.0f} GFLOP/s (min of {repeats})", flush=True)
 
 
 def main() -> None:
@@ -79,8 +82,11 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000000,10000000")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--layouts", action="store_true", help="compare the two layouts of a block's product")
+    ap.add_argument("--layouts", action="store_true", help="compare the layouts of a block's product")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.layouts:
         layouts([int(s) for s in args.batches.split(",")], args.repeats)
         return

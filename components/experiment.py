@@ -12,7 +12,9 @@ Per variant (model x runtime x instance type x replicas), as children of the com
 
 A workload file given as a local path (`clicklog` or `fitted`) is uploaded once, as `<name>-workload` (a
 BucketObject under `gs://<bucket>/workloads/`), and the Jobs read it from there; a gs:// URI is passed as is. A
-variant's item token list (`itemIds`) is uploaded the same way, as `<name>-<variant>-item-ids`.
+variant's item token list (`itemIds`) is uploaded the same way, as `<name>-<variant>-item-ids`, and a local
+`modelUri` or `recbole` checkpoint as `<name>-<variant>-model` (under `gs://<bucket>/models/uploads/`), which the
+servers (or their import step) read; the Deployment waits for it.
 
 `sequential: true` chains the variants: once a variant's Job is done, `<name>-<variant>-scale-down` (a
 DeploymentPatch) scales its servers to zero, and only then do the next variant's servers start. The variants
@@ -40,7 +42,7 @@ from etude.commands import (
     results_uri,
     run_root,
     serve_command,
-    workload_object,
+    upload_object,
 )
 from etude.components.manifests import (
     job_timeout_s,
@@ -80,6 +82,7 @@ class EtudeExperiment(pulumi.ComponentResource):
     results_root: Output[str]
     workload_file: gcp.storage.BucketObject | None
     item_ids_files: dict[str, gcp.storage.BucketObject | None]  # per variant key
+    model_files: dict[str, gcp.storage.BucketObject | None]  # per variant key: a local modelUri or checkpoint
 
     def __init__(self, name: str, args: EtudeExperimentArgs, opts: ResourceOptions | None = None) -> None:
         super().__init__("etude:index:EtudeExperiment", name, None, opts)
@@ -90,10 +93,16 @@ class EtudeExperiment(pulumi.ComponentResource):
         self.deployments, self.services, self.jobs, self.variant_results = {}, {}, {}, {}
         wl = exp.scenario.workload
         self.workload_file = self._upload(f"{name}-workload", f"etude:scenario.workload = {wl.file!r}",
-                                          wl.local_file(), bucket)
+                                          wl.local_file(), bucket, "workloads")
         self.item_ids_files = {
             v.key: self._upload(f"{name}-{v.key}-item-ids", f"etude:variants {v.key}: itemIds = {v.item_ids!r}",
-                                v.local_item_ids(), bucket)
+                                v.local_item_ids(), bucket, "workloads")
+            for v in exp.variants
+        }
+        self.model_files = {
+            v.key: self._upload(f"{name}-{v.key}-model",
+                                f"etude:variants {v.key}: {'modelUri' if v.model_uri else 'recbole'} = "
+                                f"{v.model_uri or v.recbole!r}", v.local_model_file(), bucket, "models/uploads")
             for v in exp.variants
         }
 
@@ -117,16 +126,17 @@ class EtudeExperiment(pulumi.ComponentResource):
         })
 
     def _upload(
-        self, resource: str, what: str, path: Path | None, bucket: Output[str]
+        self, resource: str, what: str, path: Path | None, bucket: Output[str], folder: str
     ) -> gcp.storage.BucketObject | None:
-        """A local file the Jobs read (the workload, an item token list) as a bucket object under `workloads/`;
-        None when there is none or it is a gs:// URI (passed as is)."""
+        """A local file the pods read (the workload, an item token list, a model) as a bucket object under
+        `folder`; None when there is none or it is a gs:// URI (passed as is)."""
         if path is None:
             return None
         if not path.is_file():
             raise SpecError(f"{what}: no such file (a path is relative to {PROJECT_DIR})")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        return gcp.storage.BucketObject(resource, bucket=bucket, name=workload_object(path.name, digest),
+        with path.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()  # streamed: a checkpoint may be gigabytes
+        return gcp.storage.BucketObject(resource, bucket=bucket, name=upload_object(folder, path.name, digest),
                                         source=pulumi.FileAsset(str(path)), opts=ResourceOptions(parent=self))
 
     @staticmethod
@@ -148,17 +158,21 @@ class EtudeExperiment(pulumi.ComponentResource):
         base = f"{name}-{v.key}"
         image = args.image_cuda if v.instance.gpus else args.image_cpu
 
-        uri = models_root.apply(lambda root: model_uri(exp, v, root))
+        uploaded = self.model_files[v.key]  # a local modelUri is served, a local checkpoint imported, from its copy
+        uploaded_uri = self._uri(uploaded)
+        uri = Output.all(models_root, uploaded_uri).apply(
+            lambda ru: ru[1] if v.model_uri is not None and ru[1] else model_uri(exp, v, ru[0]))
         metadata, spec = server_deployment(
             exp, v,
             namespace=args.namespace,
             service_account=args.service_account,
             image=image,
             serve_argv=uri.apply(lambda u: serve_command(v, u)),
-            export_argv=uri.apply(lambda u: export_command(exp, v, u)) if v.needs_export else None,
+            export_argv=Output.all(uri, uploaded_uri).apply(lambda uc: export_command(exp, v, uc[0], uc[1]))
+            if v.needs_export else None,
         )  # fmt: skip
         deployment = k8s.apps.v1.Deployment(f"{base}-server", metadata=metadata, spec=spec, opts=ResourceOptions(
-            parent=self, depends_on=after,
+            parent=self, depends_on=[*after, *([uploaded] if uploaded is not None else [])],
             custom_timeouts=pulumi.CustomTimeouts(create=SERVER_TIMEOUT, update=SERVER_TIMEOUT)))
 
         metadata, service_spec = server_service(exp, v, namespace=args.namespace)

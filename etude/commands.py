@@ -48,18 +48,20 @@ def results_uri(exp: Experiment, variant: Variant, results_root: str) -> str:
     return f"{run_root(exp, results_root)}/{variant.key}"
 
 
-def workload_object(file_name: str, digest: str) -> str:
-    """The bucket object a local workload file is uploaded to: `workloads/<sha256 prefix>-<file name>` (a changed
-    file is a new object, so a new Job)."""
-    return f"workloads/{digest[:16]}-{file_name}"
+def upload_object(folder: str, file_name: str, digest: str) -> str:
+    """The bucket object a local file is uploaded to: `<folder>/<sha256 prefix>-<file name>` (a changed file is a
+    new object, so a new Job or server), `workloads` for what the load generator reads, `models/uploads` for a
+    user's model file or RecBole checkpoint."""
+    return f"{folder}/{digest[:16]}-{file_name}"
 
 
-def export_command(exp: Experiment, variant: Variant, out: str) -> list[str]:
+def export_command(exp: Experiment, variant: Variant, out: str, checkpoint_uri: str | None = None) -> list[str]:
     """Export a built-in model with random weights (seeded) to `out`, unless it is there already; or import the
-    variant's RecBole checkpoint to `out` (every run: the checkpoint may have been retrained in place). Either is
-    written for the device the variant serves on (the export itself runs on the CPU)."""
+    variant's RecBole checkpoint to `out` (every run: the checkpoint may have been retrained in place), read from
+    `checkpoint_uri` when given (its copy in the bucket). Either is written for the device the variant serves on
+    (the export itself runs on the CPU)."""
     if variant.recbole is not None:
-        return ["etude", "import-recbole", variant.recbole, "--runtime", variant.runtime,
+        return ["etude", "import-recbole", checkpoint_uri or variant.recbole, "--runtime", variant.runtime,
                 "--device", variant.instance.device, "--out", out]  # fmt: skip
     if variant.model is None:
         raise ValueError(f"variant {variant.key} serves a user model ({variant.model_uri}); nothing to export")
@@ -151,7 +153,7 @@ def loadgen_command(
 
     `shard` is `i/n` (Kubernetes passes `$(JOB_COMPLETION_INDEX)/n`); ramp and hold may be shortened locally;
     `workload_uri` and `item_ids_uri` replace the paths of the workload file and of the variant's item token list
-    (their copies in the bucket, `workload_object`, or their absolute local paths).
+    (their copies in the bucket, `upload_object`, or their absolute local paths).
     The variant's identity is echoed into summary.json so results are self-describing.
     """
     sc = exp.scenario

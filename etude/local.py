@@ -285,7 +285,8 @@ class LocalRun:
         outcome.results = commands.results_uri(exp, v, self.out)
         logs = self._logs_dir(outcome.results)
         self._clear_previous(outcome.results, logs)
-        uri = commands.model_uri(exp, v, self.models_dir)
+        model_file = v.local_model_file()  # a relative path is the project folder's
+        uri = str(model_file) if model_file is not None and v.model_uri else commands.model_uri(exp, v, self.models_dir)
         log.info("variant %s %s: %s %s on %s", position, v.key, v.model_label, v.runtime, v.instance_type)
         if v.needs_export and not self._export(outcome, uri, logs / "export.log"):
             return
@@ -306,7 +307,9 @@ class LocalRun:
             self.children.stop(server, SERVER_STOP_GRACE_S)
 
     def _export(self, outcome: Outcome, uri: str, log_path: Path) -> bool:
-        argv = etude_argv(commands.export_command(self.exp, outcome.variant, uri))
+        checkpoint = outcome.variant.local_model_file()
+        argv = etude_argv(commands.export_command(self.exp, outcome.variant, uri,
+                                                  None if checkpoint is None else str(checkpoint)))
         start_ns = time.perf_counter_ns()
         child = self.children.start("export", argv, log_path)
         try:

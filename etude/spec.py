@@ -231,6 +231,11 @@ class Variant(ConfigModel):
         """The item token list when it is a local path (a relative one taken from `project_dir`), else None."""
         return _local_path(self.item_ids, project_dir)
 
+    def local_model_file(self, project_dir: Path = PROJECT_DIR) -> Path | None:
+        """The modelUri or RecBole checkpoint when it is a local path (a relative one taken from `project_dir`),
+        else None."""
+        return _local_path(self.model_uri or self.recbole, project_dir)
+
     @property
     def needs_export(self) -> bool:
         """A built-in model is exported, a RecBole checkpoint imported; a modelUri is served as it is."""

@@ -83,6 +83,28 @@ def read_bandwidth_gbs(device: str = "cpu", size_bytes: int = 1 << 30, repeats: 
     return size_bytes / best_ns
 
 
+def sgemm_gflops(size: int = 4096, repeats: int = 5) -> float:
+    """The best fp32 matrix-product rate of `repeats` size x size products on the CPU (GFLOP/s)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best_ns = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        a @ b
+        best_ns = min(best_ns, time.perf_counter_ns() - t0)
+    return 2 * size**3 / best_ns
+
+
+def machine_rates(catalog_size: int) -> dict[str, float]:
+    """The CPU's bounds for scoring C items: fp32 sgemm GFLOP/s and read GB/s (over 4x the item table, capped)."""
+    from etude.models.common import embedding_dim
+
+    size = min(1 << 30, max(1 << 26, 4 * catalog_size * embedding_dim(catalog_size) * 4))
+    return {"sgemm_gflops": round(sgemm_gflops(), 1), "read_bandwidth_gbs": round(read_bandwidth_gbs("cpu", size), 1)}
+
+
 def synthetic_sessions(catalog_size: int, n: int, seed: int, max_len: int = 50) -> list[np.ndarray]:
     """n sessions from the bol.com preset (Algorithm 1), each cut to its most recent `max_len` items."""
     try:

@@ -46,6 +46,7 @@ QUANTIZED_RUNTIMES = ("bf16", "int8")
 SCAN_ROWS = 65536  # rows per block of the block-scan head
 MAX_EXPORT_BLOCKS = 64  # aot/onnx unroll the block loop; more rows per block beyond 64 * SCAN_ROWS items
 MAX_EXPORT_BATCH = 65536
+ONNX_RUN_ROWS = 32  # sessions per ONNX Runtime run: its buffers grow with the batch (1.8 GB at B = 256, C = 1M)
 ANN_TARGET_RECALL = 0.95
 ANN_SAMPLE_SESSIONS = 256
 ANN_MEMBER = "etude-ann/meta.json"
@@ -476,8 +477,14 @@ class OnnxModel(_Served):
 
     def __call__(self, item_seq: Tensor, item_seq_len: Tensor, k: int) -> Tensor:
         seq, lens, n = self.prepared(item_seq, item_seq_len, k)
-        feeds = dict(zip(self._inputs, (seq.numpy(), lens.numpy(), np.empty(k, np.float32)), strict=True))
-        return torch.from_numpy(self._session.run(None, feeds)[0][:n])
+        k_like = np.empty(k, np.float32)
+        parts = []
+        for start in range(0, seq.size(0), ONNX_RUN_ROWS):  # ONNX Runtime holds every unrolled block's scores
+            stop = min(seq.size(0), start + ONNX_RUN_ROWS)
+            lo = min(start, stop - 2)  # a last part of one row runs with the row before it (seq has >= 2)
+            feeds = dict(zip(self._inputs, (seq[lo:stop].numpy(), lens[lo:stop].numpy(), k_like), strict=True))
+            parts.append(torch.from_numpy(self._session.run(None, feeds)[0][start - lo :]))
+        return torch.cat(parts)[:n]
 
 
 class AnnModel(_Served):

@@ -45,6 +45,11 @@ MAPPED_REPLAY = {**LOCAL_CLICKLOG, "etude:variants": [
     {"recbole": "gs://team-bucket/ckpt/NARM.pth", "itemIds": str(ITEM_IDS_FILE), "name": "mapped"},
     {"recbole": "gs://team-bucket/ckpt/NARM.pth", "itemIds": "gs://team-bucket/items.txt", "name": "remote"},
     {"model": "narm", "name": "builtin"}]}  # fmt: skip
+MODEL_FILE, CHECKPOINT_FILE = WORKLOAD_FILE.with_name("mine.pt"), WORKLOAD_FILE.with_name("NARM-trained.pth")
+LOCAL_MODELS = {"etude:variants": [
+    {"modelUri": str(MODEL_FILE), "name": "served"},
+    {"recbole": str(CHECKPOINT_FILE), "name": "imported"},
+    {"modelUri": "gs://team-bucket/models/theirs.pt", "name": "remote"}]}  # fmt: skip
 HEAVY = ("torch", "numpy", "etude.serving", "etude.loadgen", "etude.models", "scipy", "pandas", "matplotlib", "pyarrow")
 
 
@@ -54,7 +59,9 @@ def _start_all_runs() -> None:
     WORKLOAD_FILE.write_text('{"version": 1}\n')
     WORKLOAD_FILE.with_name("clicks.csv").write_text("session_id,item_id\n1,1\n")
     ITEM_IDS_FILE.write_text("[PAD]\n1\n")
-    for workload in (LOCAL_FITTED, LOCAL_CLICKLOG, GCS_FITTED, MAPPED_REPLAY):
+    MODEL_FILE.write_bytes(b"a serialized model")
+    CHECKPOINT_FILE.write_bytes(b"a RecBole checkpoint")
+    for workload in (LOCAL_FITTED, LOCAL_CLICKLOG, GCS_FITTED, MAPPED_REPLAY, LOCAL_MODELS):
         mockrun.start("groceries-small", workload)
     for stack in ALL_STACKS:
         mockrun.start(stack)
@@ -335,6 +342,34 @@ def test_a_variants_local_item_token_list_is_uploaded_and_only_its_job_reads_it(
             assert item_ids == "gs://team-bucket/items.txt"
         else:
             assert item_ids is None
+
+
+def test_a_local_model_file_or_checkpoint_is_uploaded_and_its_servers_read_it_from_the_bucket() -> None:
+    import hashlib
+
+    run = mockrun.result("groceries-small", LOCAL_MODELS)
+    assert run["error"] is None
+    objects = {o["name"]: o for o in by_type(run, "gcp:storage/bucketObject:BucketObject")}
+    assert set(objects) == {"groceries-small-served-model", "groceries-small-imported-model"}  # gs:// as is
+    bucket = mockrun.MOCK_PLATFORM["bucket"]
+    for key, path in (("served", MODEL_FILE), ("imported", CHECKPOINT_FILE)):
+        obj = objects[f"groceries-small-{key}-model"]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert obj["inputs"]["name"] == f"models/uploads/{digest[:16]}-{path.name}"
+        server = named(run, f"groceries-small-{key}-server")
+        assert obj["urn"] in server["dependencies"]  # uploaded before the servers start
+        pod = server["inputs"]["spec"]["template"]["spec"]
+        serve = pod["containers"][0]["command"]
+        if key == "served":  # served from its copy; nothing to export
+            assert serve[serve.index("--model-uri") + 1] == f"gs://{bucket}/{obj['inputs']['name']}"
+            assert not pod.get("initContainers")
+        else:  # imported from its copy into the models folder, served from there
+            (init,) = pod["initContainers"]
+            argv = init["command"]
+            assert argv[argv.index("import-recbole") + 1] == f"gs://{bucket}/{obj['inputs']['name']}"
+            assert serve[serve.index("--model-uri") + 1] == argv[argv.index("--out") + 1]
+    remote = named(run, "groceries-small-remote-server")["inputs"]["spec"]["template"]["spec"]["containers"][0]
+    assert remote["command"][remote["command"].index("--model-uri") + 1] == "gs://team-bucket/models/theirs.pt"
 
 
 def test_a_missing_local_workload_file_fails_with_its_name() -> None:

@@ -78,6 +78,8 @@ def test_compiled_runtimes_are_exact(tmp_path: Path, runtime: str) -> None:
     served = load_model(str(path), allow_native_code=True)  # a batch of one (exported for B >= 2), a large k
     one_seq, one_len = exact[:1, :5], torch.tensor([5])
     assert torch.equal(served(one_seq, one_len, C), build_model("stamp", C, 3)(one_seq, one_len, C))
+    seq, lens = _sessions()  # 64 sessions are two ONNX Runtime runs of 32; 33 end with a run of one
+    assert torch.equal(served(seq[:33], lens[:33], K), exact[:33])
     predictor = Predictor(served)  # the server's batching path, unchanged for every runtime
     answers = predictor.predict([Query([1, 2, 3], 5), Query([7], 21), Query(list(range(50)), 2)])
     assert [len(a) for a in answers] == [5, 21, 2]

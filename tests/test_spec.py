@@ -205,7 +205,7 @@ def test_command_lines_carry_the_spec() -> None:
     assert commands.model_uri(custom, custom.variants[0], "gs://b/models") == "/m/x.pt"
 
 
-def test_a_recbole_checkpoint_is_a_variant_imported_in_the_export_step() -> None:
+def test_a_recbole_checkpoint_is_a_variant_imported_in_the_export_step(tmp_path: Path) -> None:
     cfg = {**_config(), "etude:variants": [{"recbole": "/ckpt/NARM-Dec.pth", "runtime": "eager"},
                                            {"recbole": "/other/NARM-Dec.pth"}]}  # fmt: skip
     exp = spec_from_config("r", cfg)
@@ -217,6 +217,13 @@ def test_a_recbole_checkpoint_is_a_variant_imported_in_the_export_step() -> None
     assert commands.export_command(exp, a, uri_a) == [
         "etude", "import-recbole", "/ckpt/NARM-Dec.pth", "--runtime", "eager", "--device", "cpu",
         "--out", uri_a]  # fmt: skip
+    copy = "gs://b/models/uploads/0123-NARM-Dec.pth"  # the bucket's copy of a local checkpoint
+    assert commands.export_command(exp, a, uri_a, copy)[2] == copy
+    assert a.local_model_file() == Path("/ckpt/NARM-Dec.pth")
+    relative = spec_from_config("r", {**_config(), "etude:variants": [{"modelUri": "models/mine.pt"}]}).variants[0]
+    assert relative.local_model_file(tmp_path) == tmp_path / "models/mine.pt"
+    remote = spec_from_config("r", {**_config(), "etude:variants": [{"recbole": "gs://b/c.pth"}]}).variants[0]
+    assert remote.local_model_file() is None
     for bad in ({"recbole": "/c.pth", "model": "narm"}, {"recbole": "/c.pth", "modelUri": "/m.pt"}, {"recbole": " "}):
         with pytest.raises(SpecError, match="etude:variants"):
             spec_from_config("r", {**_config(), "etude:variants": [bad]})
