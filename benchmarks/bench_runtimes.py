@@ -24,7 +24,6 @@ import argparse
 import csv
 import json
 import logging
-import math
 import os
 import resource
 import subprocess
@@ -137,7 +136,7 @@ def _run_child(args: list[str], timeout_s: float) -> dict[str, Any]:
 
 def markdown(folders: list[str]) -> None:
     """The tables of docs/benchmarks.md, one per catalog size, from the cells and bounds of `folders`."""
-    from etude.spec import RUNTIMES
+    from etude.spec import RUNTIMES, embedding_dim
 
     cells: dict[tuple[int, str, str], dict[str, Any]] = {}
     bounds: dict[tuple[str, int], dict[str, float]] = {}
@@ -147,7 +146,7 @@ def markdown(folders: list[str]) -> None:
             cell = json.loads(line)
             cells[(cell["catalog_size"], cell["model"], cell["runtime"])] = {**cell, "folder": folder}
     for c in sorted({key[0] for key in cells}):
-        d = math.ceil(c**0.25)
+        d = embedding_dim(c)
         print(f"C = {c:,}, d = {d}; bounds per run: " + "; ".join(
             f"{f}: {b['read_bandwidth_gbs']} GB/s, {b['sgemm_gflops']} GFLOP/s" for (f, cc), b in bounds.items()
             if cc == c))  # fmt: skip

@@ -66,7 +66,7 @@ def layouts(batches: list[int], repeats: int) -> None:
     print(f"sgemm 4096: {2 * 4096**3 / timed(lambda: a @ b, 3)[0] / 1e6:.0f} GFLOP/s (best of 3)")
     for d in (32, 57):
         for batch in batches:
-            n = max(4096, (1 << 20) // batch)  # the head's block on a CPU
+            n = max(4096, (1 << 20) // batch)  # 2^20 scores, the head's block (which has at most 2^18 rows)
             q, block = torch.randn(batch, d), torch.randn(n, d)
             stored_t = block.t().contiguous()  # the block stored transposed, [d, n]: a layout the head does not use
             flop = 2 * batch * n * d

@@ -85,7 +85,8 @@ def write_file(uri: str, fill: Callable[[Path], None]) -> int:
     """Write `uri` whole or not at all from `fill(path)`, which writes a local temporary file; returns its size.
 
     For files too big to hold twice in memory (a model): `fill` streams to disk, and a gs:// object is uploaded
-    from that file. Any failure, `fill`'s included, leaves nothing behind and raises StorageError.
+    from that file. Any failure, `fill`'s included, leaves nothing behind; it raises StorageError, or `fill`'s own
+    UsageError as it is.
     """
     try:
         if is_gcs(uri):
@@ -109,7 +110,7 @@ def write_file(uri: str, fill: Callable[[Path], None]) -> int:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    except StorageError:
+    except UsageError:  # a user mistake found while filling (e.g. a model the runtime cannot hold) speaks for itself
         raise
     except Exception as err:  # noqa: BLE001
         raise StorageError(f"cannot write {uri}: {_reason(err)}") from err

@@ -104,7 +104,8 @@ def test_models_a_runtime_cannot_hold_are_one_line_errors(
     assert main(["export", "--model", model, "--catalog-size", "50", "--runtime", "bf16", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert not out.exists()
+    assert "cannot write" not in err  # the reason, not a write failure
+    assert not out.exists() and not list(tmp_path.iterdir())  # no temporary file left either
 
 
 def test_unknown_runtime_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
