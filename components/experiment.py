@@ -160,8 +160,7 @@ class EtudeExperiment(pulumi.ComponentResource):
 
         uploaded = self.model_files[v.key]  # a local modelUri is served, a local checkpoint imported, from its copy
         uploaded_uri = self._uri(uploaded)
-        uri = Output.all(models_root, uploaded_uri).apply(
-            lambda ru: ru[1] if v.model_uri is not None and ru[1] else model_uri(exp, v, ru[0]))
+        uri = Output.all(models_root, uploaded_uri).apply(lambda ru: model_uri(exp, v, ru[0], ru[1]))
         metadata, spec = server_deployment(
             exp, v,
             namespace=args.namespace,

@@ -23,12 +23,13 @@ LOADGEN_RPS_PER_POD = 2000  # one load-generator process sustains more (docs/ben
 LOADGEN_TIMEOUT_S = 10.0  # the load generator's per-request timeout
 
 
-def model_uri(exp: Experiment, variant: Variant, models_root: str) -> str:
-    """Where the variant's serialized model lives: a user's URI as is, a built-in or imported one under
-    `models_root`, named by everything the file depends on, the device it is exported for included (a CPU and a
-    GPU artifact differ); an imported one by its checkpoint's stem and a digest of the checkpoint's URI."""
+def model_uri(exp: Experiment, variant: Variant, models_root: str, model_file_uri: str | None = None) -> str:
+    """Where the variant's serialized model lives: a user's URI as is (or `model_file_uri`, where its local file
+    is read from: its absolute path, or its copy in the bucket), a built-in or imported one under `models_root`,
+    named by everything the file depends on, the device it is exported for included (a CPU and a GPU artifact
+    differ); an imported one by its checkpoint's stem and a digest of the checkpoint's URI."""
     if variant.model_uri is not None:
-        return variant.model_uri
+        return model_file_uri or variant.model_uri
     root = models_root.rstrip("/")
     device = variant.instance.device
     if variant.recbole is not None:

@@ -285,10 +285,11 @@ class LocalRun:
         outcome.results = commands.results_uri(exp, v, self.out)
         logs = self._logs_dir(outcome.results)
         self._clear_previous(outcome.results, logs)
-        model_file = v.local_model_file()  # a relative path is the project folder's
-        uri = str(model_file) if model_file is not None and v.model_uri else commands.model_uri(exp, v, self.models_dir)
+        model_file = v.local_model_file()  # a local modelUri or checkpoint; a relative path is the project folder's
+        model_file_uri = None if model_file is None else str(model_file)
+        uri = commands.model_uri(exp, v, self.models_dir, model_file_uri)
         log.info("variant %s %s: %s %s on %s", position, v.key, v.model_label, v.runtime, v.instance_type)
-        if v.needs_export and not self._export(outcome, uri, logs / "export.log"):
+        if v.needs_export and not self._export(outcome, uri, model_file_uri, logs / "export.log"):
             return
         port = pick_port(self.port)
         server_cmd = etude_argv(commands.serve_command(v, uri, host="127.0.0.1", port=port, threads=self.threads))
@@ -306,10 +307,8 @@ class LocalRun:
         finally:
             self.children.stop(server, SERVER_STOP_GRACE_S)
 
-    def _export(self, outcome: Outcome, uri: str, log_path: Path) -> bool:
-        checkpoint = outcome.variant.local_model_file()
-        argv = etude_argv(commands.export_command(self.exp, outcome.variant, uri,
-                                                  None if checkpoint is None else str(checkpoint)))
+    def _export(self, outcome: Outcome, uri: str, checkpoint_uri: str | None, log_path: Path) -> bool:
+        argv = etude_argv(commands.export_command(self.exp, outcome.variant, uri, checkpoint_uri))
         start_ns = time.perf_counter_ns()
         child = self.children.start("export", argv, log_path)
         try:

@@ -203,6 +203,8 @@ def test_command_lines_carry_the_spec() -> None:
     with pytest.raises(ValueError, match="nothing to export"):
         commands.export_command(custom, custom.variants[0], "/tmp/x.pt")
     assert commands.model_uri(custom, custom.variants[0], "gs://b/models") == "/m/x.pt"
+    copy = "gs://b/models/uploads/0123-x.pt"  # where a local modelUri is read from once uploaded
+    assert commands.model_uri(custom, custom.variants[0], "gs://b/models", copy) == copy
 
 
 def test_a_recbole_checkpoint_is_a_variant_imported_in_the_export_step(tmp_path: Path) -> None:
@@ -219,6 +221,7 @@ def test_a_recbole_checkpoint_is_a_variant_imported_in_the_export_step(tmp_path:
         "--out", uri_a]  # fmt: skip
     copy = "gs://b/models/uploads/0123-NARM-Dec.pth"  # the bucket's copy of a local checkpoint
     assert commands.export_command(exp, a, uri_a, copy)[2] == copy
+    assert commands.model_uri(exp, a, "gs://b/models", copy) == uri_a  # imported into the models folder, as before
     assert a.local_model_file() == Path("/ckpt/NARM-Dec.pth")
     relative = spec_from_config("r", {**_config(), "etude:variants": [{"modelUri": "models/mine.pt"}]}).variants[0]
     assert relative.local_model_file(tmp_path) == tmp_path / "models/mine.pt"
