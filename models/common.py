@@ -15,7 +15,10 @@ batched products so that even one session uses every thread. docs/benchmarks.md 
 these choices and behind keeping the table in fp32.
 """
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -35,22 +38,62 @@ def heads_for(dim: int, wanted: int = 2) -> int:
     return 1
 
 
-def init_weights(module: nn.Module, seed: int) -> None:
-    """Random weights from a seed, RecBole style: normal(0, 0.02) for linear/embedding, zero biases and padding."""
+ItemRows = Callable[[int, Tensor], None]  # receives (first row, fp32 rows [n, d]) of an item table built in blocks
+ITEM_INIT_ROWS = 1 << 16  # rows per block of a streamed item table: a multiple of 16 (see _stream_item_rows)
+_ITEM_TABLE_DEFERRED = contextvars.ContextVar("item_table_deferred", default=False)
+
+
+@contextlib.contextmanager
+def item_table_deferred() -> Iterator[None]:
+    """SessionModels built inside have their item table on the meta device (no memory): `init_weights` then hands
+    its rows to an `ItemRows` sink block by block, so a quantized table is built without the fp32 one."""
+    token = _ITEM_TABLE_DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _ITEM_TABLE_DEFERRED.reset(token)
+
+
+def init_weights(module: nn.Module, seed: int, item_rows: ItemRows | None = None) -> None:
+    """Random weights from a seed, RecBole style: normal(0, 0.02) for linear/embedding, zero biases and padding.
+
+    A SessionModel's item table on the meta device (`item_table_deferred`) is drawn in blocks and given to
+    `item_rows` instead of being stored; the numbers drawn are the same as for a stored table.
+    """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
             last = name.rsplit(".", 1)[-1]
             if last.startswith(("bias", "b_")):
                 p.zero_()
+            elif p.is_meta:
+                if item_rows is None or name != "item_embedding.weight":
+                    raise ValueError(f"{name} is on the meta device and no sink receives its rows")
+                _stream_item_rows(p.shape, gen, item_rows)
             else:
                 p.normal_(0.0, 0.02, generator=gen)  # in place: no temporary copy of a 10M-item table
         for m in module.modules():
             if isinstance(m, nn.LayerNorm):
                 m.weight.fill_(1.0)
                 m.bias.zero_()
-            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None and not m.weight.is_meta:
                 m.weight[m.padding_idx].zero_()
+
+
+def _stream_item_rows(shape: torch.Size, gen: torch.Generator, item_rows: ItemRows) -> None:
+    """normal(0, 0.02) rows of the item table, padding row 0 zeroed, in blocks of ITEM_INIT_ROWS rows.
+
+    Drawing block by block gives the numbers one draw over the whole table gives: torch's CPU normal_ draws all
+    uniforms in order and transforms them in groups of 16 (redrawing the last 16 of a ragged tail), so blocks
+    whose sizes are multiples of 16 consume the generator exactly as the whole table does (tests/test_runtimes
+    compares the two).
+    """
+    rows, dim = shape
+    for start in range(0, rows, ITEM_INIT_ROWS):
+        part = torch.empty(min(ITEM_INIT_ROWS, rows - start), dim).normal_(0.0, 0.02, generator=gen)
+        if start == 0:
+            part[0].zero_()  # the padding row
+        item_rows(start, part)
 
 
 def prepare_session(item_seq: Tensor, item_seq_len: Tensor, max_len: int, pad_to: int = 0) -> tuple[Tensor, Tensor]:
@@ -344,7 +387,8 @@ class SessionModel(nn.Module):
         self.max_session_length = max_session_length
         self.pad_to = 0  # > 0: always pad sessions to this length (models with fixed-size position attention)
         self.dim = dim
-        self.item_embedding = nn.Embedding(catalog_size + 1, dim, padding_idx=0)
+        device = "meta" if _ITEM_TABLE_DEFERRED.get() else None
+        self.item_embedding = nn.Embedding(catalog_size + 1, dim, padding_idx=0, device=device)
 
     def encode(self, seq: Tensor, lens: Tensor) -> Tensor:
         """seq [B, L] shifted ids (0 = padding), lens [B] -> session representation [B, d]."""

@@ -37,8 +37,12 @@ class CORE(SASRec):
 
     def refresh_norms(self) -> None:
         """Recompute the item norms; call after loading or changing the item embeddings."""
+        self.set_norms(self.item_embedding.weight.norm(dim=1))
+
+    def set_norms(self, norms: Tensor) -> None:
+        """The item norms [C + 1] from elsewhere (a table that was built in blocks and not kept)."""
         with torch.no_grad():
-            self.inv_norm.copy_(1.0 / self.item_embedding.weight.norm(dim=1).clamp(min=1e-12))
+            self.inv_norm.copy_(1.0 / norms.clamp(min=1e-12))
 
     def encode(self, seq: Tensor, lens: Tensor) -> Tensor:
         emb = self.item_embedding(seq)  # [B, L, d]

@@ -22,7 +22,6 @@ hand them over at one point, and every loaded model passes the same contract che
 
 from __future__ import annotations
 
-import io
 import logging
 import warnings
 from pathlib import Path
@@ -30,7 +29,14 @@ from typing import Any
 
 from etude import storage
 from etude.errors import UsageError
-from etude.models.runtimes import TORCHSCRIPT_RUNTIMES, artifact_kind, export_bytes, load_bytes
+from etude.models.runtimes import (
+    QUANTIZED_RUNTIMES,
+    TORCHSCRIPT_RUNTIMES,
+    artifact_kind,
+    build_quantized,
+    export_to,
+    load_file,
+)
 from etude.spec import EXPORT_DEVICES, RUNTIMES
 
 log = logging.getLogger(__name__)
@@ -64,17 +70,6 @@ def _for_device(frozen: Any, device: str) -> Any:
     return torch.jit.optimize_for_inference(frozen) if device == "cpu" else frozen
 
 
-def serialize(module: Any) -> bytes:
-    """torch.jit.save to bytes: for artifacts that embed a TorchScript module in another file (models/runtimes.py)."""
-    import torch
-
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(module, buf)
-    return buf.getvalue()
-
-
 def save(module: Any, path: Path) -> None:
     """torch.jit.save straight to a file: serialising to memory first would hold a second copy of every weight."""
     import torch
@@ -106,8 +101,12 @@ def export_model(
     if not needs_writing(runtime, device, out, if_missing=if_missing):
         return False
     started = _now_ns()
-    size = storage.write_file(out, lambda path: write_artifact(build_model(name, catalog_size, seed), name, runtime,
-                                                               device, path))
+    def build() -> Any:  # bf16/int8: the table is quantized as it is drawn, never held in fp32 whole
+        if runtime in QUANTIZED_RUNTIMES:
+            return build_quantized(name, catalog_size, seed, runtime)
+        return build_model(name, catalog_size, seed)
+
+    size = storage.write_file(out, lambda path: write_artifact(build(), name, runtime, device, path))
     log.info(
         "exported %s (C=%d, %s for %s, seed %d) to %s: %.1f MB in %.1f s",
         name,
@@ -124,11 +123,12 @@ def export_model(
 
 def write_artifact(model: Any, name: str, runtime: str, device: str, path: Path) -> None:
     """Write what `etude export` writes for `model` (built-in `name`) on `runtime` to `path`: the one dispatch
-    point. TorchScript is saved straight to the file (no second copy of the weights in memory)."""
+    point. TorchScript (eager, jit, bf16, int8) is saved straight to the file (no second copy of the weights in
+    memory)."""
     if runtime in TORCHSCRIPT_RUNTIMES:
         save(to_torchscript(model, runtime, device), path)
     else:
-        path.write_bytes(export_bytes(model, name, runtime))
+        export_to(model, name, runtime, path)
 
 
 def runtime_module(model: Any, name: str, runtime: str, device: str = "cpu") -> Any:
@@ -136,9 +136,13 @@ def runtime_module(model: Any, name: str, runtime: str, device: str = "cpu") -> 
     (exported for `device`, cuda:N as cuda), the exported artifact read back through the loader otherwise."""
     if runtime in TORCHSCRIPT_RUNTIMES:
         return to_torchscript(model, runtime, device.split(":")[0])
-    data = export_bytes(model, name, runtime)
-    kind = artifact_kind(data)
-    return load_torchscript(data, device) if kind is None else load_bytes(data, kind, name, device)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # the loaders read files (each has read it when it returns)
+        path = Path(tmp) / "model"
+        export_to(model, name, runtime, path)
+        kind = artifact_kind(path)
+        return load_torchscript(path, device) if kind is None else load_file(path, kind, name, device)
 
 
 def _now_ns() -> int:
@@ -187,7 +191,6 @@ def load_model(uri: str, device: str = "cpu", *, allow_native_code: bool = False
     holds compiled native code that runs when it is loaded, so it is refused unless `allow_native_code` (the
     server's `--allow-native-code`, which `etude local` and the manifests pass for models the export step built).
     """
-    import torch
 
     with storage.local_file(uri) as path:  # from a file, not from bytes in memory: one copy of the weights
         kind = artifact_kind(path)
@@ -197,12 +200,10 @@ def load_model(uri: str, device: str = "cpu", *, allow_native_code: bool = False
                 "you built, with --allow-native-code"
             )
         if kind is not None:
-            module = load_bytes(path.read_bytes(), kind, uri, device)
+            module = load_file(path, kind, uri, device)
         else:
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    module = torch.jit.load(str(path), map_location=device)
+                module = load_torchscript(path, device)
             except Exception as err:  # noqa: BLE001 - any load failure means "not a TorchScript model"
                 raise UsageError(
                     f"{uri} is not a TorchScript model ({_first_line(err)}) nor an aot, onnx or ann model; export "
@@ -213,12 +214,13 @@ def load_model(uri: str, device: str = "cpu", *, allow_native_code: bool = False
     return module
 
 
-def load_torchscript(data: bytes, device: str) -> Any:
+def load_torchscript(path: Path, device: str) -> Any:
+    """torch.jit.load from a file (from bytes, the caller's copy of every weight would be held as well)."""
     import torch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.load(io.BytesIO(data), map_location=device)
+        return torch.jit.load(str(path), map_location=device)
 
 
 def check_contract(module: Any, uri: str, device: str = "cpu") -> None:

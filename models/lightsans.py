@@ -16,6 +16,13 @@ from torch import Tensor, nn
 from etude.models.common import MAX_SESSION_LENGTH, SessionModel, gather_last, heads_for
 
 
+def _softmax_over_rows(logits: Tensor) -> Tensor:
+    """softmax over dim -2, written as a softmax over the last dim of the transpose. Inductor (torch 2.13, so the
+    `aot` runtime) rewrites `softmax(q @ k^T / s, dim=-2) @ v` into scaled_dot_product_attention, which normalises
+    over the last dim: LightSANs then scored wrongly (10x attention weights); this form is not rewritten."""
+    return torch.softmax(logits.transpose(-1, -2), dim=-1).transpose(-1, -2)
+
+
 class ItemToInterest(nn.Module):
     """Aggregates the L item states into k interest states with learned attention over positions."""
 
@@ -57,12 +64,12 @@ class LightLayer(nn.Module):
         mixed_value = self.value(x)
         k = self._split(self.pool_key(self.key(x)))  # [B, h, k, hd]
         v = self._split(self.pool_value(mixed_value))
-        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / scale, dim=-2)  # [B, h, L, k]
+        probs = _softmax_over_rows(torch.matmul(q, k.transpose(-1, -2)) / scale)  # [B, h, L, k]
         ctx_item = torch.matmul(probs, v)  # [B, h, L, hd]
         p = self.pos_norm(pos_emb).unsqueeze(0)  # [1, L, d]
         pq = self._split(self.pos_q(p)) * self.pos_scaling
         pk = self._split(self.pos_k(p))
-        pos_bias = torch.softmax(torch.matmul(pq, pk.transpose(-1, -2)) / scale, dim=-2)  # [1, h, L, L]
+        pos_bias = _softmax_over_rows(torch.matmul(pq, pk.transpose(-1, -2)) / scale)  # [1, h, L, L]
         ctx = (ctx_item + torch.matmul(pos_bias, self._split(mixed_value))).transpose(1, 2).reshape(x.shape)
         h = self.attn_norm(self.dense(ctx) + x)
         out: Tensor = self.ff_norm(self.ff_out(nn.functional.gelu(self.ff_in(h))) + h)  # [B, L, d]

@@ -6,12 +6,13 @@ the seed and embedding size d = ceil(C ** 0.25).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from torch import nn
 
 from etude.errors import UsageError
-from etude.models.common import embedding_dim, init_weights
+from etude.models.common import ItemRows, embedding_dim, init_weights, item_table_deferred
 from etude.models.core import CORE
 from etude.models.gcsan import GCSAN
 from etude.models.gru4rec import GRU4Rec
@@ -46,14 +47,19 @@ def check_name(name: str) -> str:
     return key
 
 
-def build_model(name: str, catalog_size: int, seed: int = 42) -> nn.Module:
-    """A built-in model with seeded random weights, ready for inference (eval, no grad)."""
+def build_model(name: str, catalog_size: int, seed: int = 42, item_rows: ItemRows | None = None) -> nn.Module:
+    """A built-in model with seeded random weights, ready for inference (eval, no grad).
+
+    With `item_rows`, a session model's item table is not stored: it stays on the meta device and its rows go to
+    `item_rows` block by block (the same numbers); derived buffers (CORE's norms) are then the caller's to set.
+    """
     key = check_name(name)
     if catalog_size < 1:
         raise UsageError(f"catalog size must be >= 1, got {catalog_size}")
-    model = MODELS[key](catalog_size=catalog_size, dim=embedding_dim(catalog_size))
-    init_weights(model, seed)
+    with item_table_deferred() if item_rows is not None else contextlib.nullcontext():
+        model = MODELS[key](catalog_size=catalog_size, dim=embedding_dim(catalog_size))
+    init_weights(model, seed, item_rows)
     refresh = getattr(model, "refresh_norms", None)
-    if refresh is not None:
+    if refresh is not None and item_rows is None:
         refresh()
     return model.eval().requires_grad_(False)

@@ -1,9 +1,9 @@
 """The runtimes beyond TorchScript: `aot`, `bf16`, `int8`, `onnx` and `ann` (docs/design.md, "Runtimes").
 
-`export_bytes(model, runtime)` turns a built-in model into the runtime's artifact; `load_bytes(data, uri, device)`
-reads one back as an object that meets the serialized-model contract (`catalog_size`, `max_session_length`,
-`module(item_seq, item_seq_len, k) -> ids [B, k]`), so `etude serve` and its contract check treat every runtime
-alike. The format is recognised from the bytes, never from the file name:
+`export_to(model, name, runtime, path)` writes a built-in model's artifact for the runtime and
+`load_file(path, kind, uri, device)` reads one back as an object that meets the serialized-model contract
+(`catalog_size`, `max_session_length`, `module(item_seq, item_seq_len, k) -> ids [B, k]`), so `etude serve` and
+its contract check treat every runtime alike. The format is recognised from the file's bytes, never from its name:
 
 - `bf16`, `int8`: TorchScript (loaded by the TorchScript path of models/export.py). The item table is stored in
   bfloat16, or in int8 with one fp32 scale per row (symmetric, max-abs / 127); the encoder looks items up from it
@@ -22,10 +22,10 @@ RepeatNet (its explore softmax needs every item's score and the session's exclus
 run on eager and jit only; asking for another runtime is a UsageError naming the model and the reason.
 """
 
-import io
 import json
 import logging
 import math
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -50,6 +50,8 @@ ONNX_RUN_ROWS = 32  # sessions per ONNX Runtime run: its buffers grow with the b
 ANN_TARGET_RECALL = 0.95
 ANN_SAMPLE_SESSIONS = 256
 ANN_MEMBER = "etude-ann/meta.json"
+ANN_ENCODER = "etude-ann/encoder.pt"
+ANN_INDEX = "etude-ann/index.faiss"
 CONTRACT_KEYS = ("catalog_size", "max_session_length")
 
 
@@ -112,6 +114,37 @@ def quantize(table: Tensor, runtime: str) -> tuple[Tensor, Tensor]:
     return out, scale
 
 
+class QuantizedTable:
+    """An `ItemRows` sink (models/common.py): keeps the fp32 rows it is given quantized, and each row's norm."""
+
+    def __init__(self, rows: int, dim: int, runtime: str) -> None:
+        self.runtime = runtime
+        self.stored = torch.empty(rows, dim, dtype=torch.bfloat16 if runtime == "bf16" else torch.int8)
+        self.scale = torch.empty(rows if runtime == "int8" else 0)
+        self.norms = torch.empty(rows)
+
+    def __call__(self, start: int, block: Tensor) -> None:
+        end = start + block.size(0)
+        self.stored[start:end], scale = quantize(block, self.runtime)
+        if scale.numel():
+            self.scale[start:end] = scale
+        self.norms[start:end] = block.norm(dim=1)
+
+
+def build_quantized(name: str, catalog_size: int, seed: int, runtime: str) -> "QuantizedModel":
+    """Built-in `name` with seeded weights on `bf16` or `int8`, its item table quantized as it is drawn: the fp32
+    table is never held whole (it would be twice the bf16 model), and the weights are those of build_model."""
+    from etude.models.common import embedding_dim
+    from etude.models.registry import build_model
+
+    table = QuantizedTable(catalog_size + 1, embedding_dim(catalog_size), runtime)
+    model = check_supported(build_model(name, catalog_size, seed, item_rows=table), name, runtime)
+    set_norms = getattr(model, "set_norms", None)
+    if set_norms is not None:
+        set_norms(table.norms)
+    return QuantizedModel(model, table.stored, table.scale, runtime == "bf16" and native_bf16(torch.device("cpu")))
+
+
 class QuantizedModel(nn.Module):
     """A session model whose item table is stored quantized: encode with it, score with a block scan."""
 
@@ -121,9 +154,8 @@ class QuantizedModel(nn.Module):
     rows: int
     score_scale: Tensor
 
-    def __init__(self, model: SessionModel, runtime: str, native: bool) -> None:
+    def __init__(self, model: SessionModel, stored: Tensor, scale: Tensor, native: bool) -> None:
         super().__init__()
-        stored, scale = quantize(model.item_embedding.weight.detach(), runtime)
         item_scale = _item_scale(model)
         score = scale[1:] if scale.numel() else torch.empty(0, device=scale.device)
         if item_scale.numel():
@@ -142,7 +174,8 @@ class QuantizedModel(nn.Module):
         seq, lens = prepare_session(item_seq, item_seq_len, self.max_session_length, self.model.pad_to)
         query = self.model.encode(seq, lens)  # [B, d]
         table = self.model.item_embedding.weight
-        return scan_top_k(query, table, self.score_scale, 1, self.catalog_size, k, self.rows, self.native)
+        rows = min(self.rows, max(4096, 16777216 // max(query.size(0), 1)))  # at most 2^24 scores per block
+        return scan_top_k(query, table, self.score_scale, 1, self.catalog_size, k, rows, self.native)
 
 
 class EncoderAndHead(nn.Module):
@@ -225,18 +258,22 @@ def check_supported(model: nn.Module, name: str, runtime: str) -> SessionModel:
 # ---- export ------------------------------------------------------------------------------------------------
 
 
-def export_bytes(model: nn.Module, name: str, runtime: str) -> bytes:
-    """The artifact of `runtime` (one of aot, bf16, int8, onnx, ann) for a built-in model."""
-    session_model = check_supported(model.eval().requires_grad_(False), name, runtime)
-    exporters: dict[str, Callable[[SessionModel], bytes]] = {
-        "bf16": lambda m: _export_quantized(m, "bf16"),
-        "int8": lambda m: _export_quantized(m, "int8"),
+def export_to(model: nn.Module, name: str, runtime: str, path: Path) -> None:
+    """Write the artifact of `runtime` (one of aot, bf16, int8, onnx, ann) for a built-in model, or for the
+    QuantizedModel of `build_quantized`, to `path` (straight to the file: no copy of the artifact in memory)."""
+    if isinstance(model, QuantizedModel):
+        target: nn.Module = model
+    else:
+        target = check_supported(model.eval().requires_grad_(False), name, runtime)
+    writers: dict[str, Callable[[Any, Path], None]] = {
+        "bf16": lambda m, p: _save(_quantized_module(m, "bf16"), p),
+        "int8": lambda m, p: _save(_quantized_module(m, "int8"), p),
         "aot": _export_aot,
         "onnx": _export_onnx,
         "ann": _export_ann,
     }
     try:
-        return exporters[runtime](session_model)
+        writers[runtime](target, path)
     except UsageError:
         raise
     except Exception as err:  # noqa: BLE001 - an exporter's failure is reported in one line, naming the model
@@ -250,12 +287,21 @@ def native_bf16(device: torch.device) -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported())
 
 
-def _export_quantized(model: SessionModel, runtime: str) -> bytes:
-    from etude.models.export import serialize
+def _quantized_module(model: nn.Module, runtime: str) -> Any:
+    """The frozen TorchScript of `bf16` or `int8`: of a QuantizedModel (`build_quantized`), or of a supported
+    session model whose fp32 table is quantized here."""
+    if not isinstance(model, QuantizedModel):
+        assert isinstance(model, SessionModel)
+        weight = model.item_embedding.weight.detach()
+        stored, scale = quantize(weight, runtime)
+        model = QuantizedModel(model, stored, scale, runtime == "bf16" and native_bf16(weight.device))
+    return _frozen(model, list(CONTRACT_KEYS))
 
-    device = model.item_embedding.weight.device
-    wrapped = QuantizedModel(model, runtime, runtime == "bf16" and native_bf16(device))
-    return serialize(_frozen(wrapped, list(CONTRACT_KEYS)))
+
+def _save(module: Any, path: Path) -> None:
+    from etude.models.export import save
+
+    save(module, path)
 
 
 def _frozen(module: nn.Module, keep: list[str]) -> Any:
@@ -284,25 +330,20 @@ def _exported_program(model: SessionModel) -> tuple[Any, tuple[Tensor, Tensor, T
     return program, example, shapes
 
 
-def _export_aot(model: SessionModel) -> bytes:
-    import os
-    import tempfile
-
+def _export_aot(model: SessionModel, path: Path) -> None:
     program, _, _ = _exported_program(model)
     metadata = {key: str(getattr(model, key)) for key in CONTRACT_KEYS}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.pt2")
+    package = path.with_name(path.name + ".pt2")  # AOTInductor wants the suffix; renamed, not copied
+    try:
         torch._inductor.aoti_compile_and_package(
-            program, package_path=path, inductor_configs={"aot_inductor.metadata": metadata}
+            program, package_path=str(package), inductor_configs={"aot_inductor.metadata": metadata}
         )
-        with open(path, "rb") as f:
-            return f.read()
+        package.replace(path)
+    finally:
+        package.unlink(missing_ok=True)
 
 
-def _export_onnx(model: SessionModel) -> bytes:
-    import os
-    import tempfile
-
+def _export_onnx(model: SessionModel, path: Path) -> None:
     import onnx
 
     table_bytes = model.item_embedding.weight.numel() * 4
@@ -312,17 +353,15 @@ def _export_onnx(model: SessionModel) -> bytes:
             "use aot or jit for this catalog size"
         )
     program, example, shapes = _exported_program(model)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.onnx")
-        torch.onnx.export(program, example, path, dynamo=True, dynamic_shapes=shapes, verbose=False)
-        proto = onnx.load(path)
+    torch.onnx.export(program, example, str(path), dynamo=True, dynamic_shapes=shapes, verbose=False)
+    proto = onnx.load(str(path))
     for key in CONTRACT_KEYS:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, str(getattr(model, key))
-    return bytes(proto.SerializeToString())
+    onnx.save(proto, str(path))
 
 
-def _export_ann(model: SessionModel) -> bytes:
+def _export_ann(model: SessionModel, path: Path) -> None:
     import faiss
 
     encoder = Encoder(model)
@@ -341,29 +380,27 @@ def _export_ann(model: SessionModel) -> bytes:
     index.add(vectors)
     build_s = (time.perf_counter_ns() - started) / 1e9
     nprobe, recall = _calibrate_nprobe(encoder, index, C)
-    data = faiss.serialize_index(index)
-    meta = {
-        "format": "etude-ann-ivf",
-        "catalog_size": C,
-        "max_session_length": model.max_session_length,
-        "nlist": nlist,
-        "nprobe": nprobe,
-        "sample_recall_at_21": round(recall, 4),
-        "build_s": round(build_s, 3),
-        "index_bytes": int(data.nbytes),
-    }
+    encoder_file = path.with_name(path.name + ".encoder")  # next to the artifact's temporary file
+    try:
+        _save(_frozen(encoder, [*CONTRACT_KEYS, "exact"]), encoder_file)
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+            zf.write(encoder_file, ANN_ENCODER)
+            with zf.open(ANN_INDEX, "w", force_zip64=True) as f:  # streamed: no serialised copy of the index
+                faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))  # type: ignore[attr-defined]
+            meta = {
+                "format": "etude-ann-ivf",
+                "catalog_size": C,
+                "max_session_length": model.max_session_length,
+                "nlist": nlist,
+                "nprobe": nprobe,
+                "sample_recall_at_21": round(recall, 4),
+                "build_s": round(build_s, 3),
+                "index_bytes": zf.getinfo(ANN_INDEX).file_size,
+            }
+            zf.writestr(ANN_MEMBER, json.dumps(meta))
+    finally:
+        encoder_file.unlink(missing_ok=True)
     log.info("ann index: %s", meta)
-    from etude.models.export import serialize
-
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        zf.writestr(ANN_MEMBER, json.dumps(meta))
-        zf.writestr(
-            "etude-ann/encoder.pt",
-            serialize(_frozen(encoder, [*CONTRACT_KEYS, "exact"])),
-        )
-        zf.writestr("etude-ann/index.faiss", data.tobytes())
-    return buf.getvalue()
 
 
 def _calibrate_nprobe(encoder: Any, index: Any, catalog_size: int) -> tuple[int, float]:
@@ -390,17 +427,14 @@ def _calibrate_nprobe(encoder: Any, index: Any, catalog_size: int) -> tuple[int,
 # ---- load ----------------------------------------------------------------------------------------------------
 
 
-def artifact_kind(source: bytes | Path) -> str | None:
-    """'aot', 'ann' or 'onnx' when the bytes (or the file) are such an artifact; None for anything else
-    (TorchScript or junk). A zip is told by its member names, read from the file without loading it whole."""
-    if isinstance(source, bytes):
-        head = source[:4]
-    else:
-        with open(source, "rb") as f:
-            head = f.read(4)
+def artifact_kind(path: Path) -> str | None:
+    """'aot', 'ann' or 'onnx' when the file is such an artifact; None for anything else (TorchScript or junk).
+    A zip is told by its member names, read without loading the file whole."""
+    with open(path, "rb") as f:
+        head = f.read(4)
     if head == b"PK\x03\x04":
         try:
-            with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source) as zf:
+            with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
         except zipfile.BadZipFile:
             return None
@@ -412,7 +446,7 @@ def artifact_kind(source: bytes | Path) -> str | None:
     try:
         import onnx
 
-        proto = onnx.load_model_from_string(source if isinstance(source, bytes) else source.read_bytes())
+        proto = onnx.load_model(str(path))
     except Exception:  # noqa: BLE001 - not a protobuf of an ONNX model
         return None
     return "onnx" if proto.graph.node else None
@@ -442,16 +476,9 @@ class _Served:
 
 
 class AotModel(_Served):
-    def __init__(self, data: bytes, device: str) -> None:
-        import os
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:  # the loader reads a file; it is mapped before the unlink
-            path = os.path.join(tmp, "model.pt2")
-            with open(path, "wb") as f:
-                f.write(data)
-            index = torch.device(device).index
-            self._runner = torch._inductor.aoti_load_package(path, device_index=-1 if index is None else index)
+    def __init__(self, path: Path, device: str) -> None:
+        index = torch.device(device).index
+        self._runner = torch._inductor.aoti_load_package(str(path), device_index=-1 if index is None else index)
         meta = self._runner.get_metadata()
         super().__init__(int(meta["catalog_size"]), int(meta["max_session_length"]), device)
 
@@ -462,7 +489,7 @@ class AotModel(_Served):
 
 
 class OnnxModel(_Served):
-    def __init__(self, data: bytes, device: str) -> None:
+    def __init__(self, path: Path, device: str) -> None:
         import onnxruntime as ort
 
         if device != "cpu":
@@ -470,7 +497,8 @@ class OnnxModel(_Served):
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        # from the file: from bytes, the caller's copy of the model would be held while the session is built
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         meta = self._session.get_modelmeta().custom_metadata_map
         self._inputs = [i.name for i in self._session.get_inputs()]
         super().__init__(int(meta["catalog_size"]), int(meta["max_session_length"]), device)
@@ -488,17 +516,20 @@ class OnnxModel(_Served):
 
 
 class AnnModel(_Served):
-    def __init__(self, data: bytes, device: str) -> None:
+    def __init__(self, path: Path, device: str) -> None:
         import faiss
 
         if device != "cpu":
             raise UsageError("ann models run on the CPU here (faiss-cpu)")
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        with zipfile.ZipFile(path) as zf:  # members are streamed: the file is never read into memory whole
             self.meta = json.loads(zf.read(ANN_MEMBER))
-            from etude.models.export import load_torchscript
+            with tempfile.TemporaryDirectory() as tmp:
+                encoder_file = Path(zf.extract(ANN_ENCODER, tmp))
+                from etude.models.export import load_torchscript
 
-            self._encoder = load_torchscript(zf.read("etude-ann/encoder.pt"), device)
-            index: Any = faiss.deserialize_index(np.frombuffer(zf.read("etude-ann/index.faiss"), dtype=np.uint8))
+                self._encoder = load_torchscript(encoder_file, device)
+            with zf.open(ANN_INDEX) as f:
+                index: Any = faiss.read_index(faiss.PyCallbackIOReader(f.read))  # type: ignore[attr-defined]
         index.nprobe = int(self.meta["nprobe"])
         self._index = index
         faiss.omp_set_num_threads(torch.get_num_threads())
@@ -516,12 +547,13 @@ class AnnModel(_Served):
         return out
 
 
-LOADERS: dict[str, Callable[[bytes, str], "_Served"]] = {"aot": AotModel, "onnx": OnnxModel, "ann": AnnModel}
+LOADERS: dict[str, Callable[[Path, str], "_Served"]] = {"aot": AotModel, "onnx": OnnxModel, "ann": AnnModel}
 
 
-def load_bytes(data: bytes, kind: str, uri: str, device: str) -> "_Served":
+def load_file(path: Path, kind: str, uri: str, device: str) -> "_Served":
+    """The artifact at `path` (of `kind`, see artifact_kind) loaded from the file; errors name `uri`."""
     try:
-        return LOADERS[kind](data, device)
+        return LOADERS[kind](path, device)
     except UsageError as err:
         raise UsageError(f"{uri}: {err}") from None
     except Exception as err:  # noqa: BLE001 - a damaged artifact: one line naming it
