@@ -126,7 +126,7 @@ def wait_for_memory(needed: int, wait_s: float) -> None:
 
 def measure(model: str, catalog_size: int, runtime: str, work: Path, wait_s: float) -> Cell:
     d = embedding_dim(catalog_size)
-    estimate = memory_needed_bytes(catalog_size, d, ITEM_TABLES.get(model, 1))
+    estimate = memory_needed_bytes(catalog_size, d, ITEM_TABLES.get(model, 1), runtime)
     wait_for_memory(estimate, wait_s)
     path = work / f"{model}-c{catalog_size}-{runtime}.pt"
     try:

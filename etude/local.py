@@ -48,6 +48,12 @@ DEFAULT_OUT = "results/local"
 # 7.2 GB for 6.84 GB of weights. Base + 1.25 x the item tables covers that, with the load generator beside the server.
 BASE_MEMORY_BYTES = 1 << 30  # interpreter, torch and the load generator, whatever the model
 MODEL_MEMORY_FACTOR = 1.25  # x the model's item tables (C x d float32 each): export and serve peaks
+# Runtimes whose export or server holds several copies of the table, from their peaks in docs/benchmarks.md
+# "Runtimes" (peak less BASE_MEMORY_BYTES, over the fp32 table, at the largest C measured): aot 2.6x at C = 10M
+# (the package embeds the weights in its shared library; the compile and the loader each copy them), ann 2.0x at
+# 10M (the index, the encoder's table, k-means), onnx 5.2x over an idle process at 1M (ONNX Runtime's
+# initialisers and folded constants; not measured larger). bf16 and int8 hold less than jit.
+RUNTIME_MEMORY_FACTORS = {"aot": 3.0, "ann": 2.5, "onnx": 6.0}
 # Built-in models with more than one item table: RepeatNet's explore decoder scores with its own [C, 2d] matrix.
 ITEM_TABLES = {"repeatnet": 3}
 EXPORT_TIMEOUT_S = 1800.0
@@ -116,14 +122,23 @@ def select(exp: Experiment, only: str | None) -> list[Variant]:
     return [v for v in exp.variants if v.model_label.lower() in names or v.key.lower() in names]
 
 
-def memory_needed_bytes(catalog_size: int, embedding_dim: int, tables: int = 1) -> int:
+def memory_factor(runtime: str) -> float:
+    """Peak memory to export and serve on `runtime`, in fp32 item tables (C x d x 4 bytes)."""
+    return RUNTIME_MEMORY_FACTORS.get(runtime, MODEL_MEMORY_FACTOR)
+
+
+def memory_needed_bytes(catalog_size: int, embedding_dim: int, tables: int = 1, runtime: str = "jit") -> int:
     """A conservative estimate of the peak memory to export and serve a model with `tables` C x d item tables."""
-    return BASE_MEMORY_BYTES + int(MODEL_MEMORY_FACTOR * tables * catalog_size * embedding_dim * 4)
+    return BASE_MEMORY_BYTES + int(memory_factor(runtime) * tables * catalog_size * embedding_dim * 4)
 
 
 def item_tables(variants: Sequence[Variant]) -> int:
     """The most C x d item tables of any variant's model (a user's model is taken to have one)."""
-    return max((ITEM_TABLES.get(v.model or "", 1) for v in variants), default=1)
+    return max((_tables(v) for v in variants), default=1)
+
+
+def _tables(variant: Variant) -> int:
+    return ITEM_TABLES.get(variant.model or "", 1)
 
 
 def memory_available_bytes() -> int:
@@ -143,17 +158,24 @@ def _gib(n: float) -> str:
 
 
 def check_memory(exp: Experiment, available: int | None = None, variants: Sequence[Variant] | None = None) -> None:
-    """UsageError when the variants to run (default: all of the stack's) need more memory than is available."""
+    """UsageError when a variant to run (default: all of the stack's) needs more memory than is available."""
     sc = exp.scenario
-    tables = item_tables(exp.variants if variants is None else variants)
-    needed = memory_needed_bytes(sc.catalog_size, sc.embedding_dim, tables)
+    chosen = list(exp.variants if variants is None else variants)
+    if not chosen:
+        return
     available = memory_available_bytes() if available is None else available
+
+    def needs(v: Variant) -> int:
+        return memory_needed_bytes(sc.catalog_size, sc.embedding_dim, _tables(v), v.runtime)
+
+    worst = max(chosen, key=needs)
+    needed = needs(worst)
     if needed > available:
         raise UsageError(
             f"stack {exp.stack}: a catalog of {sc.catalog_size:,} items (d = {sc.embedding_dim}) needs about "
-            f"{_gib(needed)} of memory to export and serve ({MODEL_MEMORY_FACTOR:g} x {tables} x C x d x 4 bytes + "
-            f"{_gib(BASE_MEMORY_BYTES)}); this machine has {_gib(available)} available. "
-            "Run it on GKE (pulumi up) or on a larger machine.")
+            f"{_gib(needed)} of memory to export and serve {worst.key} ({memory_factor(worst.runtime):g} x "
+            f"{_tables(worst)} x C x d x 4 bytes + {_gib(BASE_MEMORY_BYTES)}); this machine has {_gib(available)} "
+            "available. Run it on GKE (pulumi up) or on a larger machine.")
 
 
 def gpu_skip_reasons(exp: Experiment, variants: Sequence[Variant]) -> dict[str, str]:

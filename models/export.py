@@ -191,7 +191,6 @@ def load_model(uri: str, device: str = "cpu", *, allow_native_code: bool = False
     holds compiled native code that runs when it is loaded, so it is refused unless `allow_native_code` (the
     server's `--allow-native-code`, which `etude local` and the manifests pass for models the export step built).
     """
-
     with storage.local_file(uri) as path:  # from a file, not from bytes in memory: one copy of the weights
         kind = artifact_kind(path)
         if kind == "aot" and not allow_native_code:

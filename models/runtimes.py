@@ -353,8 +353,10 @@ def _export_onnx(model: SessionModel, path: Path) -> None:
             "use aot or jit for this catalog size"
         )
     program, example, shapes = _exported_program(model)
-    torch.onnx.export(program, example, str(path), dynamo=True, dynamic_shapes=shapes, verbose=False)
-    proto = onnx.load(str(path))
+    with tempfile.TemporaryDirectory() as tmp:  # the exporter may write its weights to a second file beside it
+        exported = Path(tmp) / "model.onnx"
+        torch.onnx.export(program, example, str(exported), dynamo=True, dynamic_shapes=shapes, verbose=False)
+        proto = onnx.load(str(exported))
     for key in CONTRACT_KEYS:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, str(getattr(model, key))

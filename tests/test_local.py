@@ -125,6 +125,17 @@ def test_memory_estimate_counts_repeatnets_three_tables_only_when_it_runs(tmp_pa
     local.check_memory(exp, available=one, variants=local.select(exp, "gru4rec"))
 
 
+def test_memory_estimate_follows_each_variants_runtime(tmp_path: Path) -> None:
+    """ann holds the index and the encoder's table beside the model: its estimate is the larger, and names it."""
+    exp = load_stack(str(tiny_stack(tmp_path, GRU, "    - {model: gru4rec, runtime: ann, instanceType: cpu}")))
+    C, d = exp.scenario.catalog_size, exp.scenario.embedding_dim
+    jit, ann = (local.memory_needed_bytes(C, d, 1, runtime) for runtime in ("jit", "ann"))
+    assert (ann - local.BASE_MEMORY_BYTES) / (jit - local.BASE_MEMORY_BYTES) == pytest.approx(2.5 / 1.25, rel=1e-3)
+    with pytest.raises(UsageError, match=r"export and serve gru4rec-ann-cpu \(2.5 x 1 x C x d x 4 bytes"):
+        local.check_memory(exp, available=ann - 1)
+    local.check_memory(exp, available=jit, variants=local.select(exp, "gru4rec-jit-cpu"))
+
+
 def test_gpu_variants_are_skipped_without_a_gpu(tmp_path: Path) -> None:
     import torch
 

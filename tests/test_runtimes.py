@@ -90,6 +90,7 @@ def test_ann_index_is_approximate_but_close(tmp_path: Path) -> None:
 def test_compiled_runtimes_are_exact(tmp_path: Path, runtime: str, model: str) -> None:
     """LightSANs: its softmax over positions was rewritten by Inductor into attention over the last dim."""
     path = _export(tmp_path, model, runtime)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # nothing left beside it (ONNX's weights file)
     got, exact = _answers(path, model)
     assert torch.equal(got, exact)
     if runtime == "aot":  # its native code runs when loaded: only with the permission the export step's models get
