@@ -12,6 +12,7 @@ import torch
 from etude.cli import main
 from etude.errors import UsageError
 from etude.models import common
+from etude.models.common import SessionModel
 from etude.models.export import load_model
 from etude.models.registry import build_model
 from etude.models.runtimes import QuantizedModel, build_quantized, quantize
@@ -73,6 +74,7 @@ def test_a_quantized_export_draws_the_weights_of_the_fp32_model(
     monkeypatch.setattr(common, "ITEM_INIT_ROWS", 48)
     streamed = build_quantized(model, C, 3, runtime)
     fp32 = build_model(model, C, 3)
+    assert isinstance(fp32, SessionModel)
     stored, scale = quantize(fp32.item_embedding.weight, runtime)
     whole = QuantizedModel(fp32, stored, scale, streamed.native)
     got, want = streamed.state_dict(), whole.state_dict()
