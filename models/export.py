@@ -141,8 +141,9 @@ def runtime_module(model: Any, name: str, runtime: str, device: str = "cpu") -> 
     with tempfile.TemporaryDirectory() as tmp:  # the loaders read files (each has read it when it returns)
         path = Path(tmp) / "model"
         export_to(model, name, runtime, path)
-        kind = artifact_kind(path)
-        return load_torchscript(path, device) if kind is None else load_file(path, kind, name, device)
+        if runtime in QUANTIZED_RUNTIMES:  # TorchScript; the other runtimes' artifact kinds are their names
+            return load_torchscript(path, device)
+        return load_file(path, runtime, name, device)
 
 
 def _now_ns() -> int:
