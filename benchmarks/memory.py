@@ -68,8 +68,9 @@ def run_child(argv: list[str]) -> tuple[int, float]:
 def serve_peak(model_path: Path, ready_timeout_s: float) -> tuple[int, float]:
     """Start a server on the model, wait until it is ready, send a few requests, stop it; (peak RSS, ready s)."""
     port = free_port()
+    # --allow-native-code: an aot package is one this script has just built
     argv = [*ETUDE, "serve", "--model-uri", str(model_path), "--host", "127.0.0.1", "--port", str(port),
-            "--threads", "1"]  # fmt: skip
+            "--threads", "1", "--allow-native-code"]  # fmt: skip
     t0 = time.perf_counter_ns()
     proc = subprocess.Popen(argv, cwd=ROOT)
     ready_s = float("nan")

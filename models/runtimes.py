@@ -30,7 +30,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import numpy as np
 import torch
@@ -49,9 +49,12 @@ MAX_EXPORT_BATCH = 65536
 ONNX_RUN_ROWS = 32  # sessions per ONNX Runtime run: its buffers grow with the batch (1.8 GB at B = 256, C = 1M)
 ANN_TARGET_RECALL = 0.95
 ANN_SAMPLE_SESSIONS = 256
+ANN_ADD_ROWS = 1 << 20  # rows handed to the index at a time
 ANN_MEMBER = "etude-ann/meta.json"
 ANN_ENCODER = "etude-ann/encoder.pt"
 ANN_INDEX = "etude-ann/index.faiss"
+AOT_CONSTANTS = "etude-aot/constants.json"  # [{fqn, record, dtype, shape}] of the weights beside the package
+AOT_CONSTANT_RECORDS = "etude-aot/constants/"
 CONTRACT_KEYS = ("catalog_size", "max_session_length")
 
 
@@ -331,16 +334,37 @@ def _exported_program(model: SessionModel) -> tuple[Any, tuple[Tensor, Tensor, T
 
 
 def _export_aot(model: SessionModel, path: Path) -> None:
+    """Compile the program without its weights (`package_constants_in_so` off: no serialized copy of the table),
+    then write the package's records and each constant the compiled model asks for, from its own storage."""
+    from torch.export.pt2_archive._package import PT2ArchiveReader, PT2ArchiveWriter
+
     program, _, _ = _exported_program(model)
-    metadata = {key: str(getattr(model, key)) for key in CONTRACT_KEYS}
-    package = path.with_name(path.name + ".pt2")  # AOTInductor wants the suffix; renamed, not copied
-    try:
-        torch._inductor.aoti_compile_and_package(
-            program, package_path=str(package), inductor_configs={"aot_inductor.metadata": metadata}
-        )
-        package.replace(path)
-    finally:
-        package.unlink(missing_ok=True)
+    configs = {
+        "aot_inductor.metadata": {key: str(getattr(model, key)) for key in CONTRACT_KEYS},
+        "aot_inductor.package_constants_in_so": False,
+    }
+    index = model.item_embedding.weight.device.index
+    values = {**program.state_dict, **program.constants}
+    with tempfile.TemporaryDirectory() as tmp:
+        package = str(Path(tmp) / "model.pt2")  # AOTInductor wants the suffix
+        torch._inductor.aoti_compile_and_package(program, package_path=package, inductor_configs=configs)
+        needed = torch._inductor.aoti_load_package(package, device_index=-1 if index is None else index)
+        fqns = needed.get_constant_fqns()
+        if missing := [fqn for fqn in fqns if fqn not in values]:
+            raise RuntimeError(f"the compiled model needs constants the program does not hold: {missing[:3]}")
+        entries = []
+        with PT2ArchiveReader(package) as src, PT2ArchiveWriter(str(path)) as dst:
+            for name in src.get_file_names():
+                if not name.startswith(".data/"):  # the writer's own records
+                    dst.write_bytes(name, src.read_bytes(name))
+            for i, fqn in enumerate(fqns):
+                tensor = values[fqn].detach().cpu()
+                if not tensor.is_contiguous() or tensor.untyped_storage().nbytes() != tensor.nbytes:
+                    tensor = tensor.clone()  # a view: its own storage (the item table is written as it is)
+                record = f"{AOT_CONSTANT_RECORDS}{i}"
+                dst.archive_file.write_record(record, tensor.untyped_storage(), tensor.nbytes)
+                entries.append({"fqn": fqn, "record": record, "dtype": str(tensor.dtype), "shape": list(tensor.shape)})
+            dst.write_string(AOT_CONSTANTS, json.dumps(entries))
 
 
 def _export_onnx(model: SessionModel, path: Path) -> None:
@@ -368,18 +392,22 @@ def _export_ann(model: SessionModel, path: Path) -> None:
 
     encoder = Encoder(model)
     C = model.catalog_size
-    rows = model.item_embedding.weight.detach()[1:]
-    if encoder.score_scale.numel():
-        rows = rows * encoder.score_scale.unsqueeze(1)
-    vectors = np.ascontiguousarray(rows.numpy(), dtype=np.float32)
+    table = model.item_embedding.weight.detach()[1:]
+    scale = encoder.score_scale
+
+    def vectors(ids: slice | Tensor) -> np.ndarray:  # the indexed rows (CORE's scaled), a block at a time
+        rows = table[ids] * scale[ids].unsqueeze(1) if scale.numel() else table[ids]
+        return np.ascontiguousarray(rows.numpy(), dtype=np.float32)
+
     started = time.perf_counter_ns()
     nlist = max(1, min(int(4 * math.sqrt(C)), C // 39))  # faiss wants >= 39 training points per list
-    quantizer = faiss.IndexFlatIP(vectors.shape[1])
-    index = faiss.IndexIVFFlat(quantizer, vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    quantizer = faiss.IndexFlatIP(table.size(1))
+    index = faiss.IndexIVFFlat(quantizer, table.size(1), nlist, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(0)
-    sample = vectors[rng.choice(C, size=min(C, 64 * nlist), replace=False)] if C > 64 * nlist else vectors
-    index.train(sample)
-    index.add(vectors)
+    sample = rng.choice(C, size=min(C, 64 * nlist), replace=False) if C > 64 * nlist else np.arange(C)
+    index.train(vectors(torch.from_numpy(sample)))
+    for start in range(0, C, ANN_ADD_ROWS):  # no scaled copy of the whole table
+        index.add(vectors(slice(start, start + ANN_ADD_ROWS)))
     build_s = (time.perf_counter_ns() - started) / 1e9
     nprobe, recall = _calibrate_nprobe(encoder, index, C)
     encoder_file = path.with_name(path.name + ".encoder")  # next to the artifact's temporary file
@@ -481,6 +509,10 @@ class AotModel(_Served):
     def __init__(self, path: Path, device: str) -> None:
         index = torch.device(device).index
         self._runner = torch._inductor.aoti_load_package(str(path), device_index=-1 if index is None else index)
+        reader = torch._C.PyTorchFileReader(str(path))
+        if AOT_CONSTANTS in reader.get_all_records():  # ours: the weights beside the code; else the package embeds them
+            self._constants = _mapped_constants(path, reader, device)  # the runner keeps pointers into these
+            self._runner.load_constants(self._constants, check_full_update=True, user_managed=True)
         meta = self._runner.get_metadata()
         super().__init__(int(meta["catalog_size"]), int(meta["max_session_length"]), device)
 
@@ -488,6 +520,25 @@ class AotModel(_Served):
         seq, lens, n = self.prepared(item_seq, item_seq_len, k)
         out: Tensor = self._runner(seq, lens, torch.empty(k, device=self.device))
         return out[:n]
+
+
+def _mapped_constants(path: Path, reader: Any, device: str) -> dict[str, Tensor]:
+    """The constants of an aot artifact as tensors over a private map of the file (pages are read as they are
+    touched and never copied on the CPU), moved to `device`."""
+    entries = json.loads(reader.get_record(AOT_CONSTANTS))
+    storage = cast(torch.UntypedStorage, torch.UntypedStorage.from_file(str(path), False, path.stat().st_size))
+    dtypes = {str(t): t for t in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64)}
+    dtypes |= {str(t): t for t in (torch.int32, torch.int8, torch.uint8, torch.bool)}
+    constants = {}
+    for entry in entries:
+        dtype = dtypes.get(entry["dtype"])
+        if dtype is None:
+            raise UsageError(f"aot constant {entry['fqn']!r} has an unknown dtype {entry['dtype']!r}")
+        offset = reader.get_record_offset(entry["record"])  # records are 64-byte aligned
+        flat = torch.empty(0, dtype=dtype)
+        flat.set_(storage, offset // flat.element_size(), (math.prod(entry["shape"]),), (1,))
+        constants[entry["fqn"]] = flat.view(entry["shape"]).to(device)
+    return constants
 
 
 class OnnxModel(_Served):

@@ -4,6 +4,7 @@ contract, and agrees with fp32 exact scoring (exactly for aot and onnx, within a
 from __future__ import annotations
 
 import csv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from etude.cli import main
 from etude.errors import UsageError
-from etude.models import common
+from etude.models import common, runtimes
 from etude.models.common import SessionModel
 from etude.models.export import load_model
 from etude.models.registry import build_model
@@ -87,6 +88,18 @@ def test_ann_index_is_approximate_but_close(tmp_path: Path) -> None:
     assert _recall(got, exact) >= 0.9  # calibrated at export for 0.95 on its own sample sessions
 
 
+def test_the_ann_index_is_built_block_by_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CORE's index holds its scaled rows; handing them over in blocks (no scaled copy of the table) builds the same
+    index as one block."""
+    whole = _export(tmp_path, "core", "ann").rename(tmp_path / "whole.pt")
+    monkeypatch.setattr(runtimes, "ANN_ADD_ROWS", 128)
+    blocks = _export(tmp_path, "core", "ann")
+    with zipfile.ZipFile(whole) as a, zipfile.ZipFile(blocks) as b:
+        assert a.read(runtimes.ANN_INDEX) == b.read(runtimes.ANN_INDEX)
+    got, exact = _answers(blocks, "core")
+    assert _recall(got, exact) >= 0.9
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("runtime", "model"), [("onnx", "stamp"), ("aot", "stamp"), ("aot", "lightsans")])
 def test_compiled_runtimes_are_exact(tmp_path: Path, runtime: str, model: str) -> None:
@@ -99,6 +112,8 @@ def test_compiled_runtimes_are_exact(tmp_path: Path, runtime: str, model: str) -
         with pytest.raises(UsageError, match="AOTInductor package.*--allow-native-code"):
             load_model(str(path))
     served = load_model(str(path), allow_native_code=True)  # a batch of one (exported for B >= 2), a large k
+    if runtime == "aot":  # the weights are served from a map of the artifact, not copied out of a shared library
+        assert _mapped_bytes(path) >= path.stat().st_size
     one_seq, one_len = exact[:1, :5], torch.tensor([5])
     assert torch.equal(served(one_seq, one_len, C), build_model(model, C, 3)(one_seq, one_len, C))
     seq, lens = _sessions()  # 64 sessions are two ONNX Runtime runs of 32; 33 end with a run of one
@@ -106,6 +121,31 @@ def test_compiled_runtimes_are_exact(tmp_path: Path, runtime: str, model: str) -
     predictor = Predictor(served)  # the server's batching path, unchanged for every runtime
     answers = predictor.predict([Query([1, 2, 3], 5), Query([7], 21), Query(list(range(50)), 2)])
     assert [len(a) for a in answers] == [5, 21, 2]
+
+
+def _mapped_bytes(path: Path) -> int:
+    """How many bytes of this process's address space map `path` (from /proc/self/maps)."""
+    total = 0
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(path):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            total += end - start
+    return total
+
+
+@pytest.mark.slow
+def test_an_aot_package_that_embeds_its_weights_loads(tmp_path: Path) -> None:
+    """A `.pt2` compiled by torch itself, its weights inside its shared library (as a user's own package may be)."""
+    model = runtimes.check_supported(build_model("stamp", C, 3).eval().requires_grad_(False), "stamp", "aot")
+    program, _, _ = runtimes._exported_program(model)
+    path = tmp_path / "theirs.pt2"
+    metadata = {key: str(getattr(model, key)) for key in runtimes.CONTRACT_KEYS}
+    torch._inductor.aoti_compile_and_package(
+        program, package_path=str(path), inductor_configs={"aot_inductor.metadata": metadata}
+    )
+    got, exact = _answers(path, "stamp")
+    assert torch.equal(got, exact)
 
 
 def test_the_server_predicts_with_an_ann_model(tmp_path: Path) -> None:
