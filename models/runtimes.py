@@ -9,7 +9,8 @@ its contract check treat every runtime alike. The format is recognised from the 
   bfloat16, or in int8 with one fp32 scale per row (symmetric, max-abs / 127); the encoder looks items up from it
   and the top-k scan dequantises one block of rows at a time into fp32 for the product (bf16 multiplies in
   bfloat16 directly where the CPU has AVX512-BF16 or on a GPU). Recall@21 against fp32 is measured, not assumed.
-- `aot`: `torch.export` of the encoder and a block-scan head, compiled by AOTInductor into a `.pt2` package;
+- `aot`: `torch.export` of the encoder and a block-scan head, compiled by AOTInductor into a `.pt2` package
+  without its weights, which follow as aligned records of the same archive and are mapped from the file at load;
   catalog_size and max_session_length travel in the package's metadata. Needs a C++ compiler at export time.
 - `onnx`: the same exported program written as ONNX (dynamo exporter), run by ONNX Runtime; the sizes travel in
   the model's metadata_props. One protobuf holds at most 2 GB, so the item table must fit in it.
