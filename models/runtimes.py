@@ -334,6 +334,11 @@ def _exported_program(model: SessionModel) -> tuple[Any, tuple[Tensor, Tensor, T
     return program, example, shapes
 
 
+def contract_metadata(model: nn.Module) -> dict[str, str]:
+    """The contract's sizes as the metadata strings aot and onnx artifacts carry them in."""
+    return {key: str(getattr(model, key)) for key in CONTRACT_KEYS}
+
+
 def _export_aot(model: SessionModel, path: Path) -> None:
     """Compile the program without its weights (`package_constants_in_so` off: no serialized copy of the table),
     then write the package's records and each constant the compiled model asks for, from its own storage."""
@@ -341,7 +346,7 @@ def _export_aot(model: SessionModel, path: Path) -> None:
 
     program, _, _ = _exported_program(model)
     configs = {
-        "aot_inductor.metadata": {key: str(getattr(model, key)) for key in CONTRACT_KEYS},
+        "aot_inductor.metadata": contract_metadata(model),
         "aot_inductor.package_constants_in_so": False,
     }
     index = model.item_embedding.weight.device.index
@@ -382,9 +387,9 @@ def _export_onnx(model: SessionModel, path: Path) -> None:
         exported = Path(tmp) / "model.onnx"
         torch.onnx.export(program, example, str(exported), dynamo=True, dynamic_shapes=shapes, verbose=False)
         proto = onnx.load(str(exported))
-    for key in CONTRACT_KEYS:
+    for key, value in contract_metadata(model).items():
         entry = proto.metadata_props.add()
-        entry.key, entry.value = key, str(getattr(model, key))
+        entry.key, entry.value = key, value
     onnx.save(proto, str(path))
 
 

@@ -140,7 +140,7 @@ def test_an_aot_package_that_embeds_its_weights_loads(tmp_path: Path) -> None:
     model = runtimes.check_supported(build_model("stamp", C, 3).eval().requires_grad_(False), "stamp", "aot")
     program, _, _ = runtimes._exported_program(model)
     path = tmp_path / "theirs.pt2"
-    metadata = {key: str(getattr(model, key)) for key in runtimes.CONTRACT_KEYS}
+    metadata = runtimes.contract_metadata(model)
     torch._inductor.aoti_compile_and_package(
         program, package_path=str(path), inductor_configs={"aot_inductor.metadata": metadata}
     )
